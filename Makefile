@@ -1,0 +1,71 @@
+# platform-admin — every target installs what it needs into .venv first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROTO_FILES := $(shell find protos -name '*.proto' | sort)
+
+.DEFAULT_GOAL := help
+.PHONY: help install run migrate test test-faults lint generate check-generated bench bench-watch bench-health soak clean
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the service with its dev tools
+
+run: $(STAMP) ## Serve on 127.0.0.1:50051 (embedded PostgreSQL unless DATABASE_URL is set)
+	$(BIN)/platform-admin serve
+
+migrate: $(STAMP) ## Apply pending migrations and exit
+	$(BIN)/platform-admin migrate
+
+test: $(STAMP) check-generated lint ## Run the whole test suite (embedded PostgreSQL unless DATABASE_URL is set)
+	$(BIN)/python -m pytest -m "not faults" -q
+
+test-faults: $(STAMP) ## Run the fault-injection suite (bounded in time)
+	$(BIN)/python -m pytest -m faults -q
+
+lint: $(STAMP) ## buf lint + format, ruff, mypy
+	cd protos && ../$(BIN)/buf lint && ../$(BIN)/buf format -d --exit-code
+	$(BIN)/ruff check server storage domain tests
+	$(BIN)/ruff format --check server storage domain tests
+	$(BIN)/mypy
+
+generate: $(STAMP) ## Regenerate generated/ from protos/
+	rm -rf generated/platform_admin
+	$(BIN)/python -m grpc_tools.protoc -I protos \
+		--python_out=generated --pyi_out=generated \
+		--grpc_python_out=generated --mypy_grpc_out=generated \
+		--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc \
+		$(PROTO_FILES)
+	touch generated/platform_admin/__init__.py generated/platform_admin/v1/__init__.py generated/platform_admin/py.typed
+
+check-generated: $(STAMP) ## Fail if generated/ is not what protos/ produce
+	@tmp=$$(mktemp -d); cp -r generated "$$tmp/before"; \
+	$(MAKE) --no-print-directory generate >/dev/null; \
+	if ! diff -r "$$tmp/before" generated >/dev/null; then \
+		diff -r "$$tmp/before" generated | head -20; rm -rf "$$tmp"; \
+		echo "generated/ is stale: run 'make generate' and commit"; exit 1; fi; \
+	rm -rf "$$tmp"
+
+bench: $(STAMP) ## Hot-path benchmark table (not part of make test)
+	$(BIN)/python -m bench.hot_path
+
+bench-watch: $(STAMP) ## WatchFlags commit-to-delivery latency, 1,000 subscribers
+	$(BIN)/python -m bench.watch
+
+bench-health: $(STAMP) ## 5 million check results: ListCheckResults and GetPlatformHealth latency
+	$(BIN)/python -m bench.health
+
+soak: $(STAMP) ## Mixed-load soak, default 5 minutes (SOAK_SECONDS to change)
+	$(BIN)/python -m bench.soak
+
+clean: ## Remove .venv and .data (embedded PostgreSQL data)
+	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache

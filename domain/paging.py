@@ -1,0 +1,61 @@
+"""Page sizes and opaque page tokens.
+
+A token carries the keyset position of the last row returned plus a fingerprint of the
+request's filters, so a token cannot be replayed against other filters, and anything
+that does not decode to exactly that shape is rejected as INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from typing import Any
+
+from domain.errors import InvalidArgument
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+_MAX_TOKEN_LENGTH = 2048
+
+
+def page_size(requested: int) -> int:
+    if requested < 0:
+        raise InvalidArgument.field("page_size", "must not be negative")
+    if requested == 0:
+        return DEFAULT_PAGE_SIZE
+    return min(requested, MAX_PAGE_SIZE)
+
+
+def _fingerprint(kind: str, filters: Any) -> str:
+    raw = json.dumps([kind, filters], sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def encode(kind: str, filters: Any, position: list[Any]) -> str:
+    body = json.dumps({"f": _fingerprint(kind, filters), "p": position}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(body.encode()).decode().rstrip("=")
+
+
+def decode(token: str, kind: str, filters: Any, arity: int) -> list[Any] | None:
+    """The position in ``token``, or None for an empty token (first page)."""
+    if not token:
+        return None
+    bad = InvalidArgument.field("page_token", "is not a token issued for this request")
+    if len(token) > _MAX_TOKEN_LENGTH:
+        raise bad
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        body = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+    except (ValueError, UnicodeError):
+        raise bad from None
+    if not isinstance(body, dict) or body.get("f") != _fingerprint(kind, filters):
+        raise bad
+    position = body.get("p")
+    if (
+        not isinstance(position, list)
+        or len(position) != arity
+        or not all(isinstance(p, str | int) and not isinstance(p, bool) for p in position)
+    ):
+        raise bad
+    return position

@@ -1,0 +1,1 @@
+"""gRPC transport: servicers, the call pipeline (errors, auth, logs), background tasks."""

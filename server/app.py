@@ -1,0 +1,139 @@
+"""Assembles the gRPC server: servicers, pipeline, health, reflection, background tasks.
+
+``App`` owns one process's resources (pool, server, tasks) so tests can start several
+replicas in one event loop, and ``serve`` in cli.py runs one until a signal arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from platform_admin.v1 import config_pb2, config_pb2_grpc
+
+from server.config_service import ConfigServicer
+from server.pipeline import AllowAll, Authorizer, CallObserver, Pipeline
+from server.settings import Settings
+from storage.db import Database, PoolSettings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = [
+    config_pb2.DESCRIPTOR.services_by_name["ConfigService"].full_name,
+]
+MAX_RECEIVE_MESSAGE_BYTES = 4 * 1024 * 1024
+MAX_CONCURRENT_STREAMS = 1024
+
+
+def pool_settings(settings: Settings, conninfo: str) -> PoolSettings:
+    return PoolSettings(
+        conninfo=conninfo,
+        min_size=settings.pool_min,
+        max_size=settings.pool_max,
+        acquire_timeout_s=settings.pool_acquire_timeout_s,
+        statement_timeout_ms=settings.statement_timeout_ms,
+        lock_timeout_ms=settings.lock_timeout_ms,
+    )
+
+
+def server_options(reuse_port: bool) -> list[tuple[str, int]]:
+    return [
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
+        ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
+        ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
+        # Long watch streams: ping idle connections so proxies keep them, and recycle
+        # connections now and then so load rebalances across replicas.
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.max_connection_age_ms", 30 * 60_000),
+        ("grpc.max_connection_age_grace_ms", 60_000),
+    ]
+
+
+@dataclass
+class App:
+    settings: Settings
+    conninfo: str
+    authorizer: Authorizer = field(default_factory=AllowAll)
+    observers: list[CallObserver] = field(default_factory=list)
+    credentials: grpc.ServerCredentials | None = None
+    reuse_port: bool = False
+    health_interval_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.db = Database(pool_settings(self.settings, self.conninfo))
+        self.health = health.aio.HealthServicer()
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        # Hooks for background jobs: each is started after the server and cancelled on stop.
+        self.background: list[Callable[[], Coroutine[Any, Any, None]]] = [self._watch_database]
+        self._serving: bool | None = None
+
+    async def start(self) -> int:
+        await self.db.open(wait=False)
+        server = grpc.aio.server(
+            interceptors=[
+                Pipeline(self.authorizer, self.settings.default_deadline_s, self.observers)
+            ],
+            options=server_options(self.reuse_port),
+        )
+        config_pb2_grpc.add_ConfigServiceServicer_to_server(ConfigServicer(self.db), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
+        if self.credentials is None:
+            self.port = server.add_insecure_port(self.settings.listen)
+        else:
+            self.port = server.add_secure_port(self.settings.listen, self.credentials)
+        await self._set_serving(await self.db.ping())
+        await server.start()
+        self.server = server
+        for job in self.background:
+            self._tasks.append(asyncio.create_task(job()))
+        return self.port
+
+    async def _set_serving(self, serving: bool) -> None:
+        if serving == self._serving:
+            return
+        self._serving = serving
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
+        if serving:
+            log.info("database reachable: SERVING")
+        else:
+            log.warning("database unreachable: NOT_SERVING")
+
+    async def _watch_database(self) -> None:
+        """Health follows the database: NOT_SERVING while it does not answer."""
+        while True:
+            await asyncio.sleep(self.health_interval_s)
+            await self._set_serving(await self.db.ping(timeout=self.health_interval_s * 2))
+
+    async def stop(self, grace: float | None = None) -> None:
+        grace = self.settings.shutdown_grace_s if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(grace)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        await self.db.close()

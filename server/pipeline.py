@@ -1,0 +1,199 @@
+"""The call pipeline: one wrapper around every RPC handler.
+
+It authenticates the caller and binds the principal, applies the server-side default
+deadline to unary calls, turns domain errors into rich statuses (server/errors.py) and
+unexpected exceptions into a generic INTERNAL, and reports each call to the observers
+(logs, metrics). Wrapped handlers are cached per method, so the per-call cost is one
+extra coroutine frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+import grpc
+
+from domain.errors import DomainError
+from server import principal as principal_ctx
+from server.errors import INTERNAL, status_code_of, to_status
+from server.principal import Principal
+
+log = logging.getLogger(__name__)
+
+# Methods any caller may use without a token: operators' probes and grpcurl discovery.
+PUBLIC_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+
+
+class Authorizer(Protocol):
+    """Turns call metadata into a principal allowed to call ``method`` (or raises)."""
+
+    def authorize(
+        self, method: str, metadata: tuple[tuple[str, str | bytes], ...]
+    ) -> Principal: ...
+
+
+class CallObserver(Protocol):
+    def on_call_done(
+        self,
+        method: str,
+        code: grpc.StatusCode,
+        seconds: float,
+        principal: Principal | None,
+        metadata: Any,
+    ) -> None: ...
+
+
+class AllowAll:
+    """Authentication off: every call is the anonymous platform admin."""
+
+    def authorize(self, method: str, metadata: tuple[tuple[str, str | bytes], ...]) -> Principal:
+        return principal_ctx.ANONYMOUS_ADMIN
+
+
+def _domain_error(exc: BaseException, method: str) -> DomainError:
+    if isinstance(exc, DomainError):
+        return exc
+    from storage.db import translate  # database errors that escaped a query module
+
+    try:
+        import psycopg
+        import psycopg_pool
+
+        if isinstance(exc, psycopg.Error | psycopg_pool.PoolTimeout):
+            return translate(exc)
+    except ImportError:  # pragma: no cover
+        pass
+    log.exception("unhandled error in %s", method, exc_info=exc)
+    return INTERNAL
+
+
+class Pipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(
+        self,
+        authorizer: Authorizer,
+        default_deadline_s: float,
+        observers: list[CallObserver] | None = None,
+    ) -> None:
+        self.authorizer = authorizer
+        self.default_deadline_s = default_deadline_s
+        self.observers = observers or []
+        self._cache: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method
+        cached = self._cache.get(method)
+        if cached is not None:
+            return cached
+        handler = await continuation(handler_call_details)
+        if handler is None or method.startswith(PUBLIC_PREFIXES):
+            return handler
+        wrapped = self._wrap(method, handler)
+        self._cache[method] = wrapped
+        return wrapped
+
+    def _done(
+        self,
+        method: str,
+        code: grpc.StatusCode,
+        started: float,
+        who: Principal | None,
+        metadata: Any,
+    ) -> None:
+        if self.observers:
+            elapsed = time.perf_counter() - started
+            for observer in self.observers:
+                observer.on_call_done(method, code, elapsed, who, metadata)
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        authorizer = self.authorizer
+        default_deadline = self.default_deadline_s
+
+        if handler.unary_unary is not None:
+            inner_unary = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                started = time.perf_counter()
+                metadata = context.invocation_metadata() or ()
+                who: Principal | None = None
+                try:
+                    who = authorizer.authorize(method, metadata)
+                    token = principal_ctx.bind(who)
+                    try:
+                        remaining = context.time_remaining()
+                        budget = (
+                            default_deadline
+                            if remaining is None
+                            else min(remaining, default_deadline)
+                        )
+                        async with asyncio.timeout(budget):
+                            response = await inner_unary(request, context)
+                    finally:
+                        principal_ctx.unbind(token)
+                except TimeoutError:
+                    self._done(method, grpc.StatusCode.DEADLINE_EXCEEDED, started, who, metadata)
+                    await context.abort(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        "the call did not finish within its deadline",
+                    )
+                except Exception as exc:
+                    if isinstance(exc, grpc.aio.AbortError):
+                        raise
+                    error = _domain_error(exc, method)
+                    self._done(method, status_code_of(error), started, who, metadata)
+                    await context.abort_with_status(to_status(error))
+                self._done(method, grpc.StatusCode.OK, started, who, metadata)
+                return response
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+
+            async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                started = time.perf_counter()
+                metadata = context.invocation_metadata() or ()
+                who: Principal | None = None
+                code = grpc.StatusCode.OK
+                try:
+                    who = authorizer.authorize(method, metadata)
+                    token = principal_ctx.bind(who)
+                    try:
+                        async for item in inner_stream(request, context):
+                            yield item
+                    finally:
+                        principal_ctx.unbind(token)
+                except asyncio.CancelledError:
+                    code = grpc.StatusCode.CANCELLED
+                    raise
+                except Exception as exc:
+                    if isinstance(exc, grpc.aio.AbortError):
+                        code = context.code() or grpc.StatusCode.UNKNOWN
+                        raise
+                    error = _domain_error(exc, method)
+                    code = status_code_of(error)
+                    await context.abort_with_status(to_status(error))
+                finally:
+                    self._done(method, code, started, who, metadata)
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler

@@ -1,0 +1,115 @@
+"""Settings from environment variables, in one typed place, validated at start.
+
+A bad value stops the server with a message naming the variable and what it expects,
+instead of failing later in a way that hides the cause.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names it."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected an integer") from None
+    if not lo <= value <= hi:
+        raise SettingsError(f"{name}={value}: expected {lo}..{hi}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected a number") from None
+    if not lo <= value <= hi:
+        raise SettingsError(f"{name}={value}: expected {lo}..{hi}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name, "").strip().lower() or default
+    if raw not in choices:
+        raise SettingsError(f"{name}={raw!r}: expected one of {', '.join(choices)}")
+    return raw
+
+
+def _listen(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name, "").strip() or default
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise SettingsError(f"{name}={raw!r}: expected HOST:PORT, e.g. 127.0.0.1:50051")
+    return raw
+
+
+def is_loopback(listen: str) -> bool:
+    host = listen.rpartition(":")[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = None
+    listen: str = "127.0.0.1:50051"
+    data_dir: str = ".data"
+    workers: int = 1
+    pool_min: int = 2
+    pool_max: int = 10
+    pool_acquire_timeout_s: float = 5.0
+    statement_timeout_ms: int = 5_000
+    lock_timeout_ms: int = 2_000
+    shutdown_grace_s: float = 10.0
+    default_deadline_s: float = 30.0
+    log_level: str = "info"
+    log_format: str = "text"
+    migrate_on_start: bool = True
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        cpus = os.cpu_count() or 1
+        pool_min = _int(env, "PLATFORM_ADMIN_POOL_MIN", 2, 0, 100)
+        pool_max = _int(env, "PLATFORM_ADMIN_POOL_MAX", 10, 1, 200)
+        if pool_min > pool_max:
+            raise SettingsError(
+                f"PLATFORM_ADMIN_POOL_MIN={pool_min} exceeds PLATFORM_ADMIN_POOL_MAX={pool_max}"
+            )
+        return cls(
+            database_url=env.get("DATABASE_URL", "").strip() or None,
+            listen=_listen(env, "PLATFORM_ADMIN_LISTEN", "127.0.0.1:50051"),
+            data_dir=env.get("PLATFORM_ADMIN_DATA_DIR", "").strip() or ".data",
+            workers=_int(env, "PLATFORM_ADMIN_WORKERS", cpus, 1, 64),
+            pool_min=pool_min,
+            pool_max=pool_max,
+            pool_acquire_timeout_s=_float(env, "PLATFORM_ADMIN_POOL_TIMEOUT_S", 5.0, 0.05, 60),
+            statement_timeout_ms=_int(
+                env, "PLATFORM_ADMIN_STATEMENT_TIMEOUT_MS", 5_000, 10, 600_000
+            ),
+            lock_timeout_ms=_int(env, "PLATFORM_ADMIN_LOCK_TIMEOUT_MS", 2_000, 10, 600_000),
+            shutdown_grace_s=_float(env, "PLATFORM_ADMIN_SHUTDOWN_GRACE_S", 10.0, 0, 300),
+            default_deadline_s=_float(env, "PLATFORM_ADMIN_DEFAULT_DEADLINE_S", 30.0, 0.1, 3600),
+            log_level=_choice(
+                env, "PLATFORM_ADMIN_LOG_LEVEL", "info", ("debug", "info", "warning", "error")
+            ),
+            log_format=_choice(env, "PLATFORM_ADMIN_LOG_FORMAT", "text", ("text", "json")),
+            migrate_on_start=_choice(
+                env, "PLATFORM_ADMIN_MIGRATE_ON_START", "true", ("true", "false")
+            )
+            == "true",
+            extra={k: v for k, v in env.items() if k.startswith("PLATFORM_ADMIN_")},
+        )

@@ -1,0 +1,70 @@
+"""Shared fixtures: a fresh migrated database per test and a real gRPC server on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+
+import grpc
+import psycopg
+import pytest
+from platform_admin.v1 import config_pb2_grpc
+
+from server.app import App
+from server.settings import Settings
+from tests.pg import DatabaseFactory
+
+TEST_SETTINGS = Settings(
+    listen="127.0.0.1:0",
+    workers=1,
+    pool_min=1,
+    pool_max=8,
+    pool_acquire_timeout_s=5.0,
+    shutdown_grace_s=0.5,
+)
+
+
+@pytest.fixture(scope="session")
+def databases() -> Iterator[DatabaseFactory]:
+    factory = DatabaseFactory()
+    factory.setup_template()
+    yield factory
+    factory.teardown()
+
+
+@pytest.fixture
+def db_url(databases: DatabaseFactory) -> Iterator[str]:
+    url = databases.create()
+    yield url
+    databases.drop(url)
+
+
+@pytest.fixture
+def sql(db_url: str) -> Iterator[psycopg.Connection]:
+    """A plain autocommit connection to the test database, for assertions on stored rows."""
+    with psycopg.connect(db_url, autocommit=True, options="-c search_path=platform_admin") as conn:
+        yield conn
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return TEST_SETTINGS
+
+
+@pytest.fixture
+async def app(db_url: str, settings: Settings) -> AsyncIterator[App]:
+    application = App(replace(settings), db_url)
+    await application.start()
+    yield application
+    await application.stop(grace=0)
+
+
+@pytest.fixture
+async def channel(app: App) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+        yield ch
+
+
+@pytest.fixture
+def configs(channel: grpc.aio.Channel) -> config_pb2_grpc.ConfigServiceStub:
+    return config_pb2_grpc.ConfigServiceStub(channel)
