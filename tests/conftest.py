@@ -12,6 +12,7 @@ from platform_admin.v1 import config_pb2_grpc
 
 from server.app import App
 from server.settings import Settings
+from tests.grpcurl_server import running_server  # noqa: F401  (shared fixture)
 from tests.pg import DatabaseFactory
 
 TEST_SETTINGS = Settings(
