@@ -56,7 +56,7 @@ class ConfigKeySpec:
         actual = _type_of(value)
         if actual is not self.value_type:
             raise InvalidArgument.field(
-                field, f"{self.key} takes a {self.value_type} value, got a {actual} value"
+                field, f"{self.key} takes values of type {self.value_type}, got {actual}"
             )
         if isinstance(value, bool):
             return value

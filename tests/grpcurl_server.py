@@ -34,16 +34,21 @@ class RunningServer:
     address: str
     log_path: Path
 
-    def grpcurl(self, method: str, data: Mapping[str, Any] | None = None,
-                headers: Mapping[str, str] | None = None, timeout: float = 20,
-                extra: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    def grpcurl(
+        self,
+        method: str,
+        data: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 20,
+        extra: list[str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         """Runs grpcurl against the server; returns the completed process (text)."""
         args = [GRPCURL, "-plaintext", *(extra or [])]
         for name, value in (headers or {}).items():
             args += ["-H", f"{name}: {value}"]
         if data is not None:
             args += ["-d", json.dumps(data)]
-        args += [self.address, *([method] if method else [])]
+        args += [self.address, *method.split()]  # "list", "describe X" or a method
         return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
 
     def call(self, method: str, data: Mapping[str, Any] | None = None, **kw: Any) -> Any:
@@ -56,8 +61,9 @@ class RunningServer:
         return self.log_path.read_text(errors="replace")
 
 
-def start_server(db_url: str, tmp_path: Path, env: Mapping[str, str] | None = None,
-                 timeout: float = 30) -> RunningServer:
+def start_server(
+    db_url: str, tmp_path: Path, env: Mapping[str, str] | None = None, timeout: float = 30
+) -> RunningServer:
     port = free_port()
     log_path = tmp_path / f"server-{port}.log"
     full_env = {
@@ -69,8 +75,11 @@ def start_server(db_url: str, tmp_path: Path, env: Mapping[str, str] | None = No
         **(env or {}),
     }
     with log_path.open("wb") as log:
-        process = subprocess.Popen(  # noqa: S603
-            [PLATFORM_ADMIN, "serve"], cwd=ROOT, env=full_env, stdout=log,
+        process = subprocess.Popen(
+            [PLATFORM_ADMIN, "serve"],
+            cwd=ROOT,
+            env=full_env,
+            stdout=log,
             stderr=subprocess.STDOUT,
         )
     server = RunningServer(process, f"127.0.0.1:{port}", log_path)
