@@ -45,7 +45,8 @@ async def test_empty_database_gets_the_whole_corrected_schema(empty_db):
         tables = {
             r[0]
             for r in conn.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'platform_admin'"
+                "SELECT table_name FROM information_schema.tables"
+                " WHERE table_schema = 'platform_admin'"
             )
         }
         assert tables >= SEED_TABLES
