@@ -17,8 +17,6 @@ from domain.ids import new_ulid
 from storage import outbox
 from storage.db import Database
 
-_COLUMNS = "key, scope, tenant_id, node_id, value, description, is_archived, version, updated_at"
-
 
 @dataclass(frozen=True)
 class ConfigRow:
@@ -65,10 +63,69 @@ class HistoryRow:
     changed_at: datetime
 
 
-_WHERE_TARGET = (
-    "key = %s AND scope = %s AND tenant_id IS NOT DISTINCT FROM %s"
-    " AND node_id IS NOT DISTINCT FROM %s"
-)
+_GET = """
+SELECT key, scope, tenant_id, node_id, value, description, is_archived, version, updated_at
+  FROM platform_configs
+ WHERE key = %s AND scope = %s AND tenant_id IS NOT DISTINCT FROM %s
+   AND node_id IS NOT DISTINCT FROM %s
+"""
+_LOCK = _GET + " FOR UPDATE"
+_LIST = """
+SELECT key, scope, tenant_id, node_id, value, description, is_archived, version, updated_at
+  FROM platform_configs
+ WHERE (%(scope)s::text IS NULL OR scope = %(scope)s)
+   AND (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s)
+   AND (%(node_id)s::text IS NULL OR node_id = %(node_id)s)
+   AND (%(show_archived)s OR NOT is_archived)
+   AND (%(after_key)s::text IS NULL
+        OR (key, scope, COALESCE(tenant_id, ''), COALESCE(node_id, ''))
+           > (%(after_key)s, %(after_scope)s, %(after_tenant)s, %(after_node)s))
+ ORDER BY key, scope, COALESCE(tenant_id, ''), COALESCE(node_id, '')
+ LIMIT %(limit)s
+"""
+_INSERT = """
+INSERT INTO platform_configs (key, scope, tenant_id, node_id, value, description)
+VALUES (%s, %s, %s, %s, %s, %s)
+ON CONFLICT ON CONSTRAINT uq_platform_configs_identity DO NOTHING
+RETURNING key, scope, tenant_id, node_id, value, description, is_archived, version, updated_at
+"""
+_UPDATE_VALUE = """
+UPDATE platform_configs
+   SET value = %s, description = %s, version = version + 1, updated_at = now()
+ WHERE key = %s AND scope = %s AND tenant_id IS NOT DISTINCT FROM %s
+   AND node_id IS NOT DISTINCT FROM %s
+RETURNING key, scope, tenant_id, node_id, value, description, is_archived, version, updated_at
+"""
+_UPDATE_ARCHIVED = """
+UPDATE platform_configs
+   SET is_archived = %s, version = version + 1, updated_at = now()
+ WHERE key = %s AND scope = %s AND tenant_id IS NOT DISTINCT FROM %s
+   AND node_id IS NOT DISTINCT FROM %s
+RETURNING key, scope, tenant_id, node_id, value, description, is_archived, version, updated_at
+"""
+_LIVE_FOR = """
+SELECT key, scope, tenant_id, node_id, value, description, is_archived, version, updated_at
+  FROM platform_configs
+ WHERE key = ANY(%s) AND NOT is_archived
+   AND (scope = 'PLATFORM'
+        OR (scope = 'TENANT' AND tenant_id = %s)
+        OR (scope = 'NODE' AND node_id = %s))
+"""
+_INSERT_HISTORY = """
+INSERT INTO config_history (id, config_key, scope, tenant_id, node_id, action, old_value,
+                            new_value, changed_by, changed_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+"""
+_HISTORY = """
+SELECT id, config_key, scope, tenant_id, node_id, action, old_value, new_value, changed_by,
+       changed_at
+  FROM config_history
+ WHERE config_key = %(key)s AND scope = %(scope)s
+   AND tenant_id IS NOT DISTINCT FROM %(tenant_id)s AND node_id IS NOT DISTINCT FROM %(node_id)s
+   AND (%(after_time)s::timestamptz IS NULL OR (changed_at, id) < (%(after_time)s, %(after_id)s))
+ ORDER BY changed_at DESC, id DESC
+ LIMIT %(limit)s
+"""
 
 
 def _target_params(target: ConfigTarget) -> tuple[str, str, str | None, str | None]:
@@ -87,10 +144,7 @@ def _describe(target: ConfigTarget) -> str:
 async def get(db: Database, target: ConfigTarget) -> ConfigRow:
     async with db.read() as conn:
         cur = conn.cursor(row_factory=class_row(ConfigRow))
-        await cur.execute(
-            f"SELECT {_COLUMNS} FROM platform_configs WHERE {_WHERE_TARGET}",
-            _target_params(target),
-        )
+        await cur.execute(_GET, _target_params(target))
         row = await cur.fetchone()
     if row is None:
         raise NotFound(f"{_describe(target)} is not set")
@@ -111,41 +165,27 @@ async def list_rows(
 
     NULL tenant/node ids sort as '' so the keyset comparison is total.
     """
-    clauses = ["TRUE"]
-    params: list[Any] = []
-    if scope is not None:
-        clauses.append("scope = %s")
-        params.append(scope.value)
-    if tenant_id is not None:
-        clauses.append("tenant_id = %s")
-        params.append(tenant_id)
-    if node_id is not None:
-        clauses.append("node_id = %s")
-        params.append(node_id)
-    if not show_archived:
-        clauses.append("NOT is_archived")
-    if after is not None:
-        clauses.append(
-            "(key, scope, COALESCE(tenant_id, ''), COALESCE(node_id, '')) > (%s, %s, %s, %s)"
-        )
-        params.extend(after)
-    params.append(limit)
-    query = (
-        f"SELECT {_COLUMNS} FROM platform_configs WHERE {' AND '.join(clauses)}"
-        " ORDER BY key, scope, COALESCE(tenant_id, ''), COALESCE(node_id, '') LIMIT %s"
-    )
+    key, scope_, tenant, node = after if after is not None else (None, None, None, None)
+    params = {
+        "scope": scope.value if scope is not None else None,
+        "tenant_id": tenant_id,
+        "node_id": node_id,
+        "show_archived": show_archived,
+        "after_key": key,
+        "after_scope": scope_,
+        "after_tenant": tenant,
+        "after_node": node,
+        "limit": limit,
+    }
     async with db.read() as conn:
         cur = conn.cursor(row_factory=class_row(ConfigRow))
-        await cur.execute(query.encode(), params)
+        await cur.execute(_LIST, params)
         return await cur.fetchall()
 
 
 async def _lock_row(conn: psycopg.AsyncConnection, target: ConfigTarget) -> ConfigRow | None:
     cur = conn.cursor(row_factory=class_row(ConfigRow))
-    await cur.execute(
-        f"SELECT {_COLUMNS} FROM platform_configs WHERE {_WHERE_TARGET} FOR UPDATE",
-        _target_params(target),
-    )
+    await cur.execute(_LOCK, _target_params(target))
     return await cur.fetchone()
 
 
@@ -158,9 +198,7 @@ async def _record(
 ) -> None:
     """History entry and outbox event for a change, in the caller's transaction."""
     await conn.execute(
-        "INSERT INTO config_history (id, config_key, scope, tenant_id, node_id, action,"
-        " old_value, new_value, changed_by, changed_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s,"
-        " %s, %s)",
+        _INSERT_HISTORY,
         (
             new_ulid(),
             row.key,
@@ -197,10 +235,7 @@ async def set_value(
                 raise Aborted(f"{_describe(target)} does not exist (etag mismatch)")
             cur = conn.cursor(row_factory=class_row(ConfigRow))
             await cur.execute(
-                "INSERT INTO platform_configs (key, scope, tenant_id, node_id, value, description)"
-                " VALUES (%s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT ON CONSTRAINT uq_platform_configs_identity DO NOTHING"
-                f" RETURNING {_COLUMNS}",
+                _INSERT,
                 (*_target_params(target), stored, description or None),
             )
             created = await cur.fetchone()
@@ -216,8 +251,7 @@ async def set_value(
             return current  # nothing changes: no version bump, no history, no event
         cur = conn.cursor(row_factory=class_row(ConfigRow))
         await cur.execute(
-            "UPDATE platform_configs SET value = %s, description = %s, version = version + 1,"
-            f" updated_at = now() WHERE {_WHERE_TARGET} RETURNING {_COLUMNS}",
+            _UPDATE_VALUE,
             (stored, description or None, *_target_params(target)),
         )
         updated = await cur.fetchone()
@@ -244,8 +278,7 @@ async def set_archived(
             return current
         cur = conn.cursor(row_factory=class_row(ConfigRow))
         await cur.execute(
-            "UPDATE platform_configs SET is_archived = %s, version = version + 1,"
-            f" updated_at = now() WHERE {_WHERE_TARGET} RETURNING {_COLUMNS}",
+            _UPDATE_ARCHIVED,
             (archived, *_target_params(target)),
         )
         updated = await cur.fetchone()
@@ -262,14 +295,7 @@ async def live_values_for(
     """Per key, the live values that apply to this tenant/node, by scope (one query)."""
     async with db.read() as conn:
         cur = conn.cursor(row_factory=class_row(ConfigRow))
-        await cur.execute(
-            f"SELECT {_COLUMNS} FROM platform_configs"
-            " WHERE key = ANY(%s) AND NOT is_archived AND ("
-            " scope = 'PLATFORM'"
-            " OR (scope = 'TENANT' AND tenant_id = %s)"
-            " OR (scope = 'NODE' AND node_id = %s))",
-            (keys, tenant_id, node_id),
-        )
+        await cur.execute(_LIVE_FOR, (keys, tenant_id, node_id))
         rows = await cur.fetchall()
     found: dict[str, dict[Scope, ConfigValue]] = {}
     for row in rows:
@@ -281,21 +307,17 @@ async def history(
     db: Database, target: ConfigTarget, after: tuple[str, str] | None, limit: int
 ) -> list[HistoryRow]:
     """Entries newest first; ``after`` is the (changed_at ISO, id) of the last one seen."""
-    params: list[Any] = list(_target_params(target))
-    keyset = ""
-    if after is not None:
-        keyset = " AND (changed_at, id) < (%s::timestamptz, %s)"
-        params.extend(after)
-    params.append(limit)
+    after_time, after_id = after if after is not None else (None, None)
+    params = {
+        "key": target.key,
+        "scope": target.scope.value,
+        "tenant_id": target.tenant_id,
+        "node_id": target.node_id,
+        "after_time": after_time,
+        "after_id": after_id,
+        "limit": limit,
+    }
     async with db.read() as conn:
         cur = conn.cursor(row_factory=class_row(HistoryRow))
-        await cur.execute(
-            (
-                "SELECT id, config_key, scope, tenant_id, node_id, action, old_value, new_value,"
-                " changed_by, changed_at FROM config_history WHERE config_key = %s AND scope = %s"
-                " AND tenant_id IS NOT DISTINCT FROM %s AND node_id IS NOT DISTINCT FROM %s"
-                f"{keyset} ORDER BY changed_at DESC, id DESC LIMIT %s"
-            ).encode(),
-            params,
-        )
+        await cur.execute(_HISTORY, params)
         return await cur.fetchall()
