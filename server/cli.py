@@ -9,7 +9,11 @@ import signal
 import sys
 from collections.abc import Callable
 
+import grpc
+
 from server import logs
+from server.pipeline import AllowAll, Authorizer
+from server.principal import ALL_ROLES
 from server.settings import Settings, SettingsError
 from storage.migrate import migrate
 
@@ -25,14 +29,19 @@ def database_url(settings: Settings) -> tuple[object | None, str]:
     return embedded_db.start(settings.data_dir)
 
 
-async def _serve(settings: Settings, conninfo: str) -> None:
+async def _serve(
+    settings: Settings,
+    conninfo: str,
+    authorizer: Authorizer | None = None,
+    credentials: grpc.ServerCredentials | None = None,
+) -> None:
     from server.app import App
 
     if settings.migrate_on_start:
         applied = await migrate(conninfo)
         if applied:
             log.info("applied migrations %s", applied)
-    app = App(settings, conninfo)
+    app = App(settings, conninfo, authorizer=authorizer or AllowAll(), credentials=credentials)
     port = await app.start()
     log.info("serving on %s (port %d)", settings.listen, port)
     stop = asyncio.Event()
@@ -45,8 +54,19 @@ async def _serve(settings: Settings, conninfo: str) -> None:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from server import auth, tls
+
+    # Security is settled before anything starts: an unsafe configuration never listens.
+    try:
+        authorizer = auth.authorizer_for(settings)
+        credentials = tls.server_credentials(settings)
+    except SettingsError as exc:
+        print(f"platform-admin: {exc}", file=sys.stderr)
+        return 2
+    if settings.auth == "off":
+        log.warning("%s", auth.DEV_MODE_WARNING)
     _, conninfo = database_url(settings)
-    asyncio.run(_serve(settings, conninfo))
+    asyncio.run(_serve(settings, conninfo, authorizer, credentials))
     return 0
 
 
@@ -57,9 +77,73 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_TOKEN_TTL_S = 30 * 24 * 3600
+
+
+def token_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sub", required=True, help="the principal's ULID (recorded as the actor)")
+    parser.add_argument(
+        "--role",
+        dest="roles",
+        action="append",
+        required=True,
+        choices=sorted(ALL_ROLES),
+        help="a role; repeat for several",
+    )
+    parser.add_argument("--tenant", help="tenant ULID (required with --role tenant_admin)")
+    parser.add_argument("--service", help="service id (required with --role service)")
+    parser.add_argument(
+        "--ttl", type=int, default=3600, help="lifetime in seconds (default 3600, max 30 days)"
+    )
+
+
+def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
+    """Prints an HS256 token signed with PLATFORM_ADMIN_JWT_SECRET, checked as a server would."""
+    from domain.errors import Unauthenticated
+    from server import auth
+
+    if not settings.jwt_secret:
+        print(
+            "platform-admin token: PLATFORM_ADMIN_JWT_SECRET is not set (tokens for an"
+            " RS256/ES256 key come from the identity provider holding the private key)",
+            file=sys.stderr,
+        )
+        return 2
+    if not 1 <= args.ttl <= MAX_TOKEN_TTL_S:
+        print(f"platform-admin token: --ttl must be 1..{MAX_TOKEN_TTL_S}", file=sys.stderr)
+        return 2
+    token = auth.mint(
+        settings.jwt_secret,
+        sub=args.sub,
+        roles=args.roles,
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+        ttl_s=args.ttl,
+        tenant_id=args.tenant,
+        service_id=args.service,
+    )
+    verifier = auth.TokenVerifier(
+        auth.load_key(settings), settings.jwt_audience, settings.jwt_issuer
+    )
+    try:
+        verifier.verify(token)
+    except Unauthenticated as exc:
+        print(f"platform-admin token: {exc.message}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable[[Settings, argparse.Namespace], int]]] = {
     "serve": ("run the gRPC server", cmd_serve),
     "migrate": ("apply pending database migrations and exit", cmd_migrate),
+    "token": ("print a bearer token signed with PLATFORM_ADMIN_JWT_SECRET", cmd_token),
+}
+
+
+# Commands that take their own arguments.
+ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "token": token_arguments,
 }
 
 
@@ -67,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="platform-admin")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, _) in COMMANDS.items():
-        sub.add_parser(name, help=help_text)
+        command_parser = sub.add_parser(name, help=help_text)
+        if name in ARGUMENTS:
+            ARGUMENTS[name](command_parser)
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 
 class SettingsError(ValueError):
@@ -61,6 +62,71 @@ def is_loopback(listen: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
+_MIN_SECRET_BYTES = 32
+
+
+class _Security(TypedDict):
+    auth: str
+    jwt_secret: str | None
+    jwt_public_key_file: str | None
+    jwt_audience: str
+    jwt_issuer: str | None
+    tls_cert_file: str | None
+    tls_key_file: str | None
+    tls_client_ca_file: str | None
+
+
+def _security(env: Mapping[str, str]) -> _Security:
+    """Token and transport settings; their consistency is checked here, the files at start."""
+
+    def opt(name: str) -> str | None:
+        return env.get(name, "").strip() or None
+
+    secret = env.get("PLATFORM_ADMIN_JWT_SECRET", "") or None  # a secret is taken verbatim
+    key_file = opt("PLATFORM_ADMIN_JWT_PUBLIC_KEY_FILE")
+    if secret and key_file:
+        raise SettingsError(
+            "PLATFORM_ADMIN_JWT_SECRET and PLATFORM_ADMIN_JWT_PUBLIC_KEY_FILE are both set:"
+            " configure one verification key (HS256 secret or RS256/ES256 public key)"
+        )
+    if secret is not None and len(secret.encode()) < _MIN_SECRET_BYTES:
+        raise SettingsError(
+            f"PLATFORM_ADMIN_JWT_SECRET is too short: HS256 needs at least {_MIN_SECRET_BYTES}"
+            " bytes (e.g. `openssl rand -hex 32`)"
+        )
+    has_key = bool(secret or key_file)
+    auth = _choice(env, "PLATFORM_ADMIN_AUTH", "jwt" if has_key else "off", ("jwt", "off"))
+    if auth == "jwt" and not has_key:
+        raise SettingsError(
+            "PLATFORM_ADMIN_AUTH=jwt needs PLATFORM_ADMIN_JWT_SECRET or"
+            " PLATFORM_ADMIN_JWT_PUBLIC_KEY_FILE"
+        )
+    cert, key, client_ca = (
+        opt("PLATFORM_ADMIN_TLS_CERT_FILE"),
+        opt("PLATFORM_ADMIN_TLS_KEY_FILE"),
+        opt("PLATFORM_ADMIN_TLS_CLIENT_CA_FILE"),
+    )
+    if bool(cert) != bool(key):
+        raise SettingsError(
+            "PLATFORM_ADMIN_TLS_CERT_FILE and PLATFORM_ADMIN_TLS_KEY_FILE must be set together"
+        )
+    if client_ca and not cert:
+        raise SettingsError(
+            "PLATFORM_ADMIN_TLS_CLIENT_CA_FILE (mTLS) needs PLATFORM_ADMIN_TLS_CERT_FILE and"
+            " PLATFORM_ADMIN_TLS_KEY_FILE"
+        )
+    return {
+        "auth": auth,
+        "jwt_secret": secret,
+        "jwt_public_key_file": key_file,
+        "jwt_audience": opt("PLATFORM_ADMIN_JWT_AUDIENCE") or "platform-admin",
+        "jwt_issuer": opt("PLATFORM_ADMIN_JWT_ISSUER"),
+        "tls_cert_file": cert,
+        "tls_key_file": key,
+        "tls_client_ca_file": client_ca,
+    }
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None
@@ -77,6 +143,15 @@ class Settings:
     log_level: str = "info"
     log_format: str = "text"
     migrate_on_start: bool = True
+    # Security (server/auth.py, server/tls.py). auth is "jwt" or "off"; "off" only on loopback.
+    auth: str = "off"
+    jwt_secret: str | None = None
+    jwt_public_key_file: str | None = None
+    jwt_audience: str = "platform-admin"
+    jwt_issuer: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_client_ca_file: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -111,5 +186,6 @@ class Settings:
                 env, "PLATFORM_ADMIN_MIGRATE_ON_START", "true", ("true", "false")
             )
             == "true",
+            **_security(env),
             extra={k: v for k, v in env.items() if k.startswith("PLATFORM_ADMIN_")},
         )
