@@ -21,6 +21,7 @@ from domain.errors import DomainError
 from server import principal as principal_ctx
 from server.errors import INTERNAL, status_code_of, to_status
 from server.principal import Principal
+from storage.db import call_deadline
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ class Authorizer(Protocol):
 
 
 class CallObserver(Protocol):
+    """Told when each call ends; may also define ``on_call_start(method)`` (in-flight gauges)."""
+
     def on_call_done(
         self,
         method: str,
@@ -85,6 +88,9 @@ class Pipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self.authorizer = authorizer
         self.default_deadline_s = default_deadline_s
         self.observers = observers or []
+        self._starters: list[Callable[[str], None]] = [
+            o.on_call_start for o in self.observers if hasattr(o, "on_call_start")
+        ]
         self._cache: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
@@ -102,6 +108,11 @@ class Pipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         wrapped = self._wrap(method, handler)
         self._cache[method] = wrapped
         return wrapped
+
+    def _start(self, method: str) -> float:
+        for starter in self._starters:
+            starter(method)
+        return time.perf_counter()
 
     def _done(
         self,
@@ -124,7 +135,7 @@ class Pipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             inner_unary = handler.unary_unary
 
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                started = time.perf_counter()
+                started = self._start(method)
                 metadata = context.invocation_metadata() or ()
                 who: Principal | None = None
                 try:
@@ -137,8 +148,12 @@ class Pipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                             if remaining is None
                             else min(remaining, default_deadline)
                         )
-                        async with asyncio.timeout(budget):
-                            response = await inner_unary(request, context)
+                        deadline = call_deadline.set(time.monotonic() + budget)
+                        try:
+                            async with asyncio.timeout(budget):
+                                response = await inner_unary(request, context)
+                        finally:
+                            call_deadline.reset(deadline)
                     finally:
                         principal_ctx.unbind(token)
                 except TimeoutError:
@@ -147,8 +162,14 @@ class Pipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                         grpc.StatusCode.DEADLINE_EXCEEDED,
                         "the call did not finish within its deadline",
                     )
+                except asyncio.CancelledError:
+                    # The client went away (or the server is stopping): still one log line.
+                    self._done(method, grpc.StatusCode.CANCELLED, started, who, metadata)
+                    raise
                 except Exception as exc:
                     if isinstance(exc, grpc.aio.AbortError):
+                        code = context.code() or grpc.StatusCode.UNKNOWN
+                        self._done(method, code, started, who, metadata)
                         raise
                     error = _domain_error(exc, method)
                     self._done(method, status_code_of(error), started, who, metadata)
@@ -166,7 +187,7 @@ class Pipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             inner_stream = handler.unary_stream
 
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                started = time.perf_counter()
+                started = self._start(method)
                 metadata = context.invocation_metadata() or ()
                 who: Principal | None = None
                 code = grpc.StatusCode.OK

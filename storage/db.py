@@ -15,7 +15,9 @@ a caller.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ from domain.errors import (
     DomainError,
     FailedPrecondition,
     InvalidArgument,
+    ResourceExhausted,
     Unavailable,
 )
 
@@ -55,6 +58,28 @@ class PoolSettings:
     statement_timeout_ms: int = 5_000
     lock_timeout_ms: int = 2_000
     idle_in_transaction_timeout_ms: int = 10_000
+    # libpq connect_timeout (whole seconds, at least 2): a host that does not answer
+    # must not hold a pool slot, or a caller, for libpq's default of forever.
+    connect_timeout_s: int = 3
+    # Callers queued for a connection beyond this get RESOURCE_EXHAUSTED at once (0: no cap).
+    max_waiting: int = 0
+    # A lost connection is replaced with back-off (1 s, 2 s, ...) for this long; then the
+    # pool gives up that slot and the next caller starts a fresh attempt at once. Short,
+    # so service resumes within a second or two of the database coming back.
+    reconnect_timeout_s: float = 2.0
+    # While the database is known to be down, callers wait at most this long for a
+    # connection instead of acquire_timeout_s: writes fail fast with UNAVAILABLE.
+    unreachable_acquire_timeout_s: float = 0.25
+
+
+# Monotonic time by which the current call must be answered, set by the call pipeline.
+# Waits for a connection and statements in transactions are cut to fit inside it, so a
+# busy or unreachable database gives UNAVAILABLE before the caller's deadline expires.
+call_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "call_deadline", default=None
+)
+# Time kept back from a deadline to send the answer.
+_DEADLINE_MARGIN_S = 0.05
 
 
 def session_options(settings: PoolSettings) -> str:
@@ -87,6 +112,11 @@ def translate(exc: BaseException) -> DomainError:
         return Unavailable("the resource is busy; retry", reason="LOCK_TIMEOUT")
     if isinstance(exc, pg_errors.QueryCanceled):
         return Unavailable("the database did not answer in time; retry", reason="DB_TIMEOUT")
+    if isinstance(exc, psycopg_pool.TooManyRequests):
+        return ResourceExhausted(
+            "too many requests are waiting for a database connection; retry with back-off",
+            reason="DB_POOL_QUEUE_FULL",
+        )
     if isinstance(exc, psycopg_pool.PoolTimeout | psycopg_pool.PoolClosed):
         return Unavailable("no database connection available; retry", reason="DB_POOL_TIMEOUT")
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
@@ -102,6 +132,18 @@ def raise_translated(exc: BaseException) -> NoReturn:
 _RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
 
 
+def _connection_lost(exc: BaseException) -> bool:
+    """The database went away (refused, dropped, shutting down), as opposed to being busy."""
+    if isinstance(exc, psycopg_pool.PoolTimeout | psycopg_pool.TooManyRequests):
+        return False
+    if not isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return False
+    state = getattr(exc, "sqlstate", None)
+    # No SQLSTATE: the client lost the socket; class 08: connection exception;
+    # 57P01-57P03: administrator / crash shutdown, cannot connect now.
+    return state is None or state.startswith(("08", "57P"))
+
+
 class Database:
     """The pool plus the two ways of using it."""
 
@@ -112,11 +154,40 @@ class Database:
             min_size=settings.min_size,
             max_size=settings.max_size,
             timeout=settings.acquire_timeout_s,
+            max_waiting=settings.max_waiting,
+            reconnect_timeout=settings.reconnect_timeout_s,
             open=False,
             check=psycopg_pool.AsyncConnectionPool.check_connection,
-            kwargs={"autocommit": True, "options": session_options(settings)},
+            kwargs={
+                "autocommit": True,
+                "options": session_options(settings),
+                "connect_timeout": max(2, settings.connect_timeout_s),
+                # TCP keepalives notice a peer that vanished without closing the socket.
+                "keepalives": 1,
+                "keepalives_idle": 10,
+                "keepalives_interval": 5,
+                "keepalives_count": 3,
+            },
             name="platform-admin",
         )
+        # False after a connection error or a failed ping; True after a success. Only
+        # shortens waits while the database is down, it never refuses a call by itself.
+        self.reachable = True
+
+    def _acquire_timeout(self) -> float:
+        timeout = self.settings.acquire_timeout_s
+        if not self.reachable:
+            timeout = min(timeout, self.settings.unreachable_acquire_timeout_s)
+        deadline = call_deadline.get()
+        if deadline is not None:
+            timeout = min(timeout, deadline - time.monotonic() - _DEADLINE_MARGIN_S)
+        # The pool refuses a zero timeout even with a connection ready.
+        return max(timeout, 0.001)
+
+    def _failed(self, exc: BaseException) -> NoReturn:
+        if _connection_lost(exc):
+            self.reachable = False
+        raise_translated(exc)
 
     async def open(self, wait: bool = True, timeout: float = 30.0) -> None:
         await self.pool.open(wait=wait, timeout=timeout)
@@ -127,12 +198,12 @@ class Database:
     @asynccontextmanager
     async def read(self) -> AsyncIterator[psycopg.AsyncConnection]:
         try:
-            async with self.pool.connection() as conn:
+            async with self.pool.connection(timeout=self._acquire_timeout()) as conn:
                 yield conn
         except DomainError:
             raise
         except (psycopg.Error, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed) as exc:
-            raise_translated(exc)
+            self._failed(exc)
 
     async def transaction(
         self, fn: Callable[[psycopg.AsyncConnection], Awaitable[T]], attempts: int = 3
@@ -143,7 +214,11 @@ class Database:
         """
         for attempt in range(1, attempts + 1):
             try:
-                async with self.pool.connection() as conn, conn.transaction():
+                async with (
+                    self.pool.connection(timeout=self._acquire_timeout()) as conn,
+                    conn.transaction(),
+                ):
+                    await self._fit_to_deadline(conn)
                     return await fn(conn)
             except DomainError:
                 raise
@@ -152,14 +227,35 @@ class Database:
                     raise_translated(exc)
                 await asyncio.sleep(0.005 * attempt)
             except (psycopg.Error, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed) as exc:
-                raise_translated(exc)
+                self._failed(exc)
         raise AssertionError("unreachable")
+
+    async def _fit_to_deadline(self, conn: psycopg.AsyncConnection) -> None:
+        """Cuts statement and lock timeouts to the call's remaining time (this transaction only).
+
+        Costs a round trip only when the deadline is nearer than the configured timeouts.
+        """
+        deadline = call_deadline.get()
+        if deadline is None:
+            return
+        left_ms = max(int((deadline - time.monotonic() - _DEADLINE_MARGIN_S) * 1000), 1)
+        statement_ms = self.settings.statement_timeout_ms
+        lock_ms = self.settings.lock_timeout_ms
+        if left_ms >= max(statement_ms, lock_ms):
+            return
+        await conn.execute(
+            "SELECT set_config('statement_timeout', %s, true),"
+            " set_config('lock_timeout', %s, true)",
+            (str(min(statement_ms, left_ms)), str(min(lock_ms, left_ms))),
+        )
 
     async def ping(self, timeout: float = 2.0) -> bool:
         """True when a pooled connection answers ``SELECT 1`` within ``timeout``."""
         try:
             async with asyncio.timeout(timeout), self.pool.connection(timeout=timeout) as conn:
                 await conn.execute("SELECT 1")
+            self.reachable = True
             return True
         except Exception:  # any failure means "not serving"
+            self.reachable = False
             return False
