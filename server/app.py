@@ -18,7 +18,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from platform_admin.v1 import config_pb2, config_pb2_grpc
 
+from server.access_log import AccessLog
 from server.config_service import ConfigServicer
+from server.metrics import MetricsServer, RpcMetrics
 from server.pipeline import AllowAll, Authorizer, CallObserver, Pipeline
 from server.settings import Settings
 from storage.db import Database, PoolSettings
@@ -40,6 +42,7 @@ def pool_settings(settings: Settings, conninfo: str) -> PoolSettings:
         acquire_timeout_s=settings.pool_acquire_timeout_s,
         statement_timeout_ms=settings.statement_timeout_ms,
         lock_timeout_ms=settings.lock_timeout_ms,
+        max_waiting=settings.pool_max_waiting,
     )
 
 
@@ -71,6 +74,14 @@ class App:
 
     def __post_init__(self) -> None:
         self.db = Database(pool_settings(self.settings, self.conninfo))
+        # Metrics and the access log see every call; observers passed in come after them.
+        self.observers = [
+            RpcMetrics(),
+            *([AccessLog(self.settings.log_format)] if self.settings.access_log else []),
+            *self.observers,
+        ]
+        # The /metrics listener; `serve` starts it (tests may too).
+        self.metrics = MetricsServer(self.db)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port = 0

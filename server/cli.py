@@ -43,6 +43,13 @@ async def _serve(
             log.info("applied migrations %s", applied)
     app = App(settings, conninfo, authorizer=authorizer or AllowAll(), credentials=credentials)
     port = await app.start()
+    if settings.metrics_listen is not None:
+        try:
+            await app.metrics.start(settings.metrics_listen)
+        except OSError as exc:
+            log.error("cannot listen for metrics on %s: %s", settings.metrics_listen, exc)
+            await app.stop(grace=0)
+            raise SystemExit(2) from None
     log.info("serving on %s (port %d)", settings.listen, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -50,7 +57,11 @@ async def _serve(
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down (grace %.1fs)", settings.shutdown_grace_s)
+    # Health turns NOT_SERVING, new calls are refused, in-flight calls get the grace period,
+    # streams end with UNAVAILABLE; metrics stay up until the end so the drain is visible.
     await app.stop()
+    await app.metrics.stop()
+    log.info("stopped")
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:

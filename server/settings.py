@@ -143,6 +143,11 @@ class Settings:
     log_level: str = "info"
     log_format: str = "text"
     migrate_on_start: bool = True
+    # Operations (server/metrics.py, server/access_log.py). metrics_listen None: no listener;
+    # with several workers, worker i listens on the port + i.
+    metrics_listen: str | None = "127.0.0.1:9464"
+    access_log: bool = True
+    pool_max_waiting: int = 1000
     # Security (server/auth.py, server/tls.py). auth is "jwt" or "off"; "off" only on loopback.
     auth: str = "off"
     jwt_secret: str | None = None
@@ -186,6 +191,12 @@ class Settings:
                 env, "PLATFORM_ADMIN_MIGRATE_ON_START", "true", ("true", "false")
             )
             == "true",
+            metrics_listen=None
+            if env.get("PLATFORM_ADMIN_METRICS_LISTEN", "").strip().lower() == "off"
+            else _listen(env, "PLATFORM_ADMIN_METRICS_LISTEN", "127.0.0.1:9464"),
+            access_log=_choice(env, "PLATFORM_ADMIN_ACCESS_LOG", "true", ("true", "false"))
+            == "true",
+            pool_max_waiting=_int(env, "PLATFORM_ADMIN_POOL_MAX_WAITING", 1000, 0, 1_000_000),
             **_security(env),
             extra={k: v for k, v in env.items() if k.startswith("PLATFORM_ADMIN_")},
         )
