@@ -16,10 +16,11 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from platform_admin.v1 import config_pb2, config_pb2_grpc
+from platform_admin.v1 import config_pb2, config_pb2_grpc, flag_pb2, flag_pb2_grpc
 
 from server.access_log import AccessLog
 from server.config_service import ConfigServicer
+from server.flag_service import FlagServicer
 from server.metrics import MetricsServer, RpcMetrics
 from server.pipeline import AllowAll, Authorizer, CallObserver, Pipeline
 from server.settings import Settings
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAMES = [
     config_pb2.DESCRIPTOR.services_by_name["ConfigService"].full_name,
+    flag_pb2.DESCRIPTOR.services_by_name["FlagService"].full_name,
 ]
 MAX_RECEIVE_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_CONCURRENT_STREAMS = 1024
@@ -99,6 +101,7 @@ class App:
             options=server_options(self.reuse_port),
         )
         config_pb2_grpc.add_ConfigServiceServicer_to_server(ConfigServicer(self.db), server)
+        flag_pb2_grpc.add_FlagServiceServicer_to_server(FlagServicer(self.db), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server

@@ -1,0 +1,249 @@
+"""platform_admin.v1.FlagService: thin servicer over storage/flags.py.
+
+Each method validates the request (domain/flags.py), calls storage, converts the result.
+WatchFlags is served by a pluggable ``watch`` object (server/watch.py) so the change
+stream can evolve without touching this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol
+
+import grpc
+from platform_admin.v1 import flag_pb2, flag_pb2_grpc
+
+from domain import flags as rules
+from domain import paging
+from domain.errors import Collector, InvalidArgument, PermissionDenied
+from domain.etags import format_etag, parse_etag
+from domain.flags import Evaluation, Override, Reason
+from domain.ids import check_ulid
+from server import principal as principal_ctx
+from server.convert import timestamp
+from storage import flags
+from storage.db import Database
+from storage.flags import FlagRow
+
+REASON_TO_PROTO = {
+    Reason.DEFAULT: flag_pb2.EVALUATION_REASON_DEFAULT,
+    Reason.TENANT_ENABLED: flag_pb2.EVALUATION_REASON_TENANT_ENABLED,
+    Reason.TENANT_DISABLED: flag_pb2.EVALUATION_REASON_TENANT_DISABLED,
+    Reason.ARCHIVED: flag_pb2.EVALUATION_REASON_ARCHIVED,
+}
+OVERRIDE_FROM_PROTO = {
+    flag_pb2.TENANT_OVERRIDE_ENABLED: Override.ENABLED,
+    flag_pb2.TENANT_OVERRIDE_DISABLED: Override.DISABLED,
+    flag_pb2.TENANT_OVERRIDE_INHERIT: Override.INHERIT,
+}
+
+
+class FlagWatch(Protocol):
+    """What serves WatchFlags: the same signature as the servicer method."""
+
+    def WatchFlags(
+        self, request: flag_pb2.WatchFlagsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[flag_pb2.WatchFlagsResponse]: ...
+
+
+def flag_to_proto(row: FlagRow) -> flag_pb2.Flag:
+    return flag_pb2.Flag(
+        key=row.key,
+        description=row.description or "",
+        default_enabled=row.default_enabled,
+        enabled_tenant_ids=sorted(row.enabled_tenant_ids),
+        disabled_tenant_ids=sorted(row.disabled_tenant_ids),
+        archived=row.is_archived,
+        create_time=timestamp(row.created_at),
+        update_time=timestamp(row.updated_at),
+        etag=format_etag(row.version),
+    )
+
+
+def _evaluation_to_proto(evaluation: Evaluation) -> flag_pb2.Evaluation:
+    return flag_pb2.Evaluation(
+        enabled=evaluation.enabled, reason=REASON_TO_PROTO[evaluation.reason]
+    )
+
+
+def _checked(errors: Collector, check: Callable[[str, str], str], field: str, value: str) -> str:
+    """Runs one field check, collecting its violation so every bad field is reported."""
+    try:
+        return check(field, value)
+    except InvalidArgument as exc:
+        errors.violations.extend(exc.violations)
+        return ""
+
+
+def _evaluation_tenant(tenant_id: str) -> str:
+    if not tenant_id:
+        raise InvalidArgument.field("tenant_id", "is required")
+    tenant = check_ulid("tenant_id", tenant_id)
+    who = principal_ctx.current()
+    if who.is_tenant_scoped and tenant != who.tenant_id:
+        raise PermissionDenied("tenant admins may evaluate flags for their own tenant only")
+    return tenant
+
+
+class FlagServicer(flag_pb2_grpc.FlagServiceServicer):
+    def __init__(self, db: Database, watch: FlagWatch | None = None) -> None:
+        self.db = db
+        self.watch = watch
+
+    def _actor(self) -> str | None:
+        return principal_ctx.current().subject
+
+    async def CreateFlag(
+        self, request: flag_pb2.CreateFlagRequest, context: grpc.aio.ServicerContext
+    ) -> flag_pb2.CreateFlagResponse:
+        errors = Collector()
+        key = _checked(errors, rules.check_key, "key", request.key)
+        description = _checked(errors, rules.check_description, "description", request.description)
+        errors.raise_if_any()
+        row = await flags.create(self.db, key, description, request.default_enabled, self._actor())
+        return flag_pb2.CreateFlagResponse(flag=flag_to_proto(row))
+
+    async def GetFlag(
+        self, request: flag_pb2.GetFlagRequest, context: grpc.aio.ServicerContext
+    ) -> flag_pb2.GetFlagResponse:
+        row = await flags.get(self.db, rules.check_key("key", request.key))
+        return flag_pb2.GetFlagResponse(flag=flag_to_proto(row))
+
+    async def ListFlags(
+        self, request: flag_pb2.ListFlagsRequest, context: grpc.aio.ServicerContext
+    ) -> flag_pb2.ListFlagsResponse:
+        limit = paging.page_size(request.page_size)
+        filters = [request.show_archived]
+        position = paging.decode(request.page_token, "flags", filters, 1)
+        after_key = None
+        if position is not None:
+            try:
+                after_key = rules.check_key("page_token", str(position[0]))
+            except InvalidArgument:
+                raise InvalidArgument.field(
+                    "page_token", "is not a token issued for this request"
+                ) from None
+        rows = await flags.list_rows(
+            self.db, show_archived=request.show_archived, after_key=after_key, limit=limit + 1
+        )
+        response = flag_pb2.ListFlagsResponse(flags=[flag_to_proto(r) for r in rows[:limit]])
+        if len(rows) > limit:
+            response.next_page_token = paging.encode("flags", filters, [rows[limit - 1].key])
+        return response
+
+    async def UpdateFlag(
+        self, request: flag_pb2.UpdateFlagRequest, context: grpc.aio.ServicerContext
+    ) -> flag_pb2.UpdateFlagResponse:
+        errors = Collector()
+        key = _checked(errors, rules.check_key, "key", request.key)
+        mask: frozenset[str] = frozenset()
+        try:
+            mask = rules.check_update_mask("update_mask", request.update_mask.paths)
+        except InvalidArgument as exc:
+            errors.violations.extend(exc.violations)
+        description = None
+        if "description" in mask:
+            description = _checked(
+                errors, rules.check_description, "description", request.description
+            )
+        expected = None
+        try:
+            expected = parse_etag("etag", request.etag)
+        except InvalidArgument as exc:
+            errors.violations.extend(exc.violations)
+        errors.raise_if_any()
+        row = await flags.update(
+            self.db,
+            key,
+            description=description,
+            default_enabled=request.default_enabled if "default_enabled" in mask else None,
+            expected_version=expected,
+            actor=self._actor(),
+        )
+        return flag_pb2.UpdateFlagResponse(flag=flag_to_proto(row))
+
+    async def SetTenantOverride(
+        self, request: flag_pb2.SetTenantOverrideRequest, context: grpc.aio.ServicerContext
+    ) -> flag_pb2.SetTenantOverrideResponse:
+        errors = Collector()
+        key = _checked(errors, rules.check_key, "key", request.key)
+        tenant = ""
+        if not request.tenant_id:
+            errors.add("tenant_id", "is required")
+        else:
+            tenant = _checked(errors, check_ulid, "tenant_id", request.tenant_id)
+        override = OVERRIDE_FROM_PROTO.get(request.override)
+        if override is None:
+            errors.add("override", "is required: TENANT_OVERRIDE_ENABLED, _DISABLED or _INHERIT")
+        expected = None
+        try:
+            expected = parse_etag("etag", request.etag)
+        except InvalidArgument as exc:
+            errors.violations.extend(exc.violations)
+        errors.raise_if_any()
+        assert override is not None
+        row = await flags.set_override(self.db, key, tenant, override, expected, self._actor())
+        return flag_pb2.SetTenantOverrideResponse(flag=flag_to_proto(row))
+
+    async def _set_archived(self, key: str, etag: str, archived: bool) -> FlagRow:
+        errors = Collector()
+        checked_key = _checked(errors, rules.check_key, "key", key)
+        expected = None
+        try:
+            expected = parse_etag("etag", etag)
+        except InvalidArgument as exc:
+            errors.violations.extend(exc.violations)
+        errors.raise_if_any()
+        return await flags.set_archived(self.db, checked_key, archived, expected, self._actor())
+
+    async def ArchiveFlag(
+        self, request: flag_pb2.ArchiveFlagRequest, context: grpc.aio.ServicerContext
+    ) -> flag_pb2.ArchiveFlagResponse:
+        row = await self._set_archived(request.key, request.etag, True)
+        return flag_pb2.ArchiveFlagResponse(flag=flag_to_proto(row))
+
+    async def UnarchiveFlag(
+        self, request: flag_pb2.UnarchiveFlagRequest, context: grpc.aio.ServicerContext
+    ) -> flag_pb2.UnarchiveFlagResponse:
+        row = await self._set_archived(request.key, request.etag, False)
+        return flag_pb2.UnarchiveFlagResponse(flag=flag_to_proto(row))
+
+    async def EvaluateFlag(
+        self, request: flag_pb2.EvaluateFlagRequest, context: grpc.aio.ServicerContext
+    ) -> flag_pb2.EvaluateFlagResponse:
+        key = rules.check_key("key", request.key)
+        tenant = _evaluation_tenant(request.tenant_id)
+        evaluation = (await flags.get(self.db, key)).evaluate(tenant)
+        return flag_pb2.EvaluateFlagResponse(
+            enabled=evaluation.enabled, reason=REASON_TO_PROTO[evaluation.reason]
+        )
+
+    async def EvaluateFlags(
+        self, request: flag_pb2.EvaluateFlagsRequest, context: grpc.aio.ServicerContext
+    ) -> flag_pb2.EvaluateFlagsResponse:
+        if len(request.keys) > rules.MAX_EVALUATE_KEYS:
+            raise InvalidArgument.field("keys", f"at most {rules.MAX_EVALUATE_KEYS} keys per call")
+        keys = [rules.check_key(f"keys[{i}]", k) for i, k in enumerate(request.keys)]
+        tenant = _evaluation_tenant(request.tenant_id)
+        response = flag_pb2.EvaluateFlagsResponse()
+        if not keys:
+            for live in await flags.live(self.db):
+                response.evaluations[live.key].CopyFrom(_evaluation_to_proto(live.evaluate(tenant)))
+            return response
+        found = await flags.get_many(self.db, keys)
+        for key in dict.fromkeys(keys):  # request order, each key once
+            row = found.get(key)
+            if row is None:
+                response.missing_keys.append(key)
+            else:
+                response.evaluations[key].CopyFrom(_evaluation_to_proto(row.evaluate(tenant)))
+        return response
+
+    async def WatchFlags(
+        self, request: flag_pb2.WatchFlagsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[flag_pb2.WatchFlagsResponse]:
+        if self.watch is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "WatchFlags is not available")
+            return
+        async for message in self.watch.WatchFlags(request, context):
+            yield message
