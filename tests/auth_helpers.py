@@ -67,7 +67,7 @@ SERVICE = Caller("service", SERVICE_SUB, ("service",), service_id=SERVICE_ID)
 TENANT_ADMIN_A = Caller("tenant_admin", TENANT_A_SUB, ("tenant_admin",), tenant_id=TENANT_A)
 TENANT_ADMIN_B = Caller("tenant_admin_b", TENANT_B_SUB, ("tenant_admin",), tenant_id=TENANT_B)
 # Authenticated, but with no role of this service (e.g. a token meant for another system).
-NO_ROLE = Caller("no_role", "01JAD000000000000000000NOR", ("billing_admin",))
+NO_ROLE = Caller("no_role", "01JAD000000000000000000NRX", ("billing_admin",))
 CALLERS = (ADMIN, READER, SERVICE, TENANT_ADMIN_A, NO_ROLE)
 
 
