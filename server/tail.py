@@ -1,0 +1,211 @@
+"""The per-process tail of the change stream, and the sequencer loop.
+
+One :class:`Tail` per process reads ``seq > last`` once per wake-up and hands each batch,
+in seq order, to its listeners (the watch fan-out, the in-memory read model). It wakes on
+the sequencer's NOTIFY, received on a LISTEN connection of its own outside the pool, and
+polls every ``poll_interval_s`` anyway: a dropped LISTEN connection (reconnected with
+back-off) or a lost notification delays delivery by at most one poll.
+
+:class:`Sequencer` runs on every replica; the advisory lock in storage/stream.py lets only
+one of them assign seqs at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+import psycopg
+from psycopg import sql
+
+from storage import stream
+from storage.db import Database, PoolSettings, session_options
+from storage.stream import ChangeEvent
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[list[ChangeEvent]], None]
+
+POLL_INTERVAL_S = 0.25
+SEQUENCER_INTERVAL_S = 0.01
+READ_BATCH = 1000
+_BACKOFF_START_S = 0.1
+_BACKOFF_MAX_S = 5.0
+
+
+class Tail:
+    """Reads the stream once per process and fans each batch out to listeners.
+
+    ``head_seq`` is the highest seq handed to listeners (-1 until the tail has read the
+    head at start). Listeners are called synchronously, in seq order, with every batch
+    read after they were added; a listener must not block (it runs on the event loop).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        pool_settings: PoolSettings,
+        poll_interval_s: float = POLL_INTERVAL_S,
+        batch: int = READ_BATCH,
+    ) -> None:
+        self.db = db
+        self.pool_settings = pool_settings
+        self.poll_interval_s = poll_interval_s
+        self.batch = batch
+        self.head_seq = -1
+        self.ready = asyncio.Event()
+        self._listeners: list[Listener] = []
+        self._wake = asyncio.Event()
+        self._advanced = asyncio.Condition()
+        self.listen_connected = False
+        # The LISTEN connection's backend pid (tests terminate it to prove recovery).
+        self.listen_pid: int | None = None
+        self.reconnects = 0
+
+    def add_listener(self, callback: Listener) -> None:
+        self._listeners.append(callback)
+
+    def remove_listener(self, callback: Listener) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(callback)
+
+    async def wait_for(self, seq: int, timeout: float | None = None) -> None:
+        """Returns once every event up to ``seq`` has been handed to the listeners.
+
+        Raises TimeoutError after ``timeout`` seconds.
+        """
+        async with asyncio.timeout(timeout), self._advanced:
+            await self._advanced.wait_for(lambda: self.head_seq >= seq)
+
+    def wake(self) -> None:
+        """Read now instead of at the next poll (e.g. right after a local write)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        listener = asyncio.create_task(self._listen(), name="tail-listen")
+        try:
+            await self._prime()
+            while True:
+                try:
+                    async with asyncio.timeout(self.poll_interval_s):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+                self._wake.clear()
+                try:
+                    await self._read_all()
+                except Exception as exc:
+                    log.warning("change stream read failed (retrying at next poll): %s", exc)
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+
+    async def _prime(self) -> None:
+        delay = _BACKOFF_START_S
+        while True:
+            try:
+                head = await stream.head(self.db)
+                break
+            except Exception as exc:
+                log.warning("change stream head unreadable (retrying): %s", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_MAX_S)
+        await self._advance(head, [])
+        self.ready.set()
+
+    async def _read_all(self) -> None:
+        while True:
+            events = await stream.read_after(self.db, self.head_seq, self.batch)
+            if not events:
+                return
+            await self._advance(events[-1].seq, events)
+            if len(events) < self.batch:
+                return
+
+    async def _advance(self, head: int, events: list[ChangeEvent]) -> None:
+        if events:
+            for callback in list(self._listeners):
+                try:
+                    callback(events)
+                except Exception:
+                    log.exception("change stream listener failed")
+        async with self._advanced:
+            self.head_seq = head
+            self._advanced.notify_all()
+
+    async def _listen(self) -> None:
+        """Keeps a LISTEN connection open (outside the pool); each NOTIFY wakes the reader."""
+        delay = _BACKOFF_START_S
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    self.pool_settings.conninfo,
+                    autocommit=True,
+                    options=session_options(self.pool_settings),
+                    connect_timeout=max(2, self.pool_settings.connect_timeout_s),
+                    keepalives=1,
+                    keepalives_idle=10,
+                    keepalives_interval=5,
+                    keepalives_count=3,
+                )
+            except Exception as exc:
+                log.warning("LISTEN connection failed (retry in %.1fs): %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_MAX_S)
+                continue
+            try:
+                async with conn:
+                    await conn.execute(
+                        sql.SQL("LISTEN {}").format(sql.Identifier(stream.NOTIFY_CHANNEL))
+                    )
+                    self.listen_pid = conn.info.backend_pid
+                    self.listen_connected = True
+                    delay = _BACKOFF_START_S
+                    # Anything sequenced while disconnected is read at once.
+                    self._wake.set()
+                    async for _ in conn.notifies():
+                        self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("LISTEN connection lost (reconnecting in %.1fs): %s", delay, exc)
+            finally:
+                self.listen_connected = False
+                self.listen_pid = None
+            self.reconnects += 1
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _BACKOFF_MAX_S)
+
+
+class Sequencer:
+    """Assigns seqs to committed outbox rows every ``interval_s`` (all replicas run one)."""
+
+    def __init__(
+        self, db: Database, interval_s: float = SEQUENCER_INTERVAL_S, batch: int = READ_BATCH
+    ) -> None:
+        self.db = db
+        self.interval_s = interval_s
+        self.batch = batch
+        self.on_sequenced: Callable[[int], None] | None = None
+
+    async def run(self) -> None:
+        delay = _BACKOFF_START_S
+        while True:
+            try:
+                top = await stream.sequence_batch(self.db, self.batch)
+                delay = _BACKOFF_START_S
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("sequencer failed (retry in %.1fs): %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_MAX_S)
+                continue
+            if top and self.on_sequenced is not None:
+                # This process's tail need not wait for its own NOTIFY round trip.
+                self.on_sequenced(top)
+            if not top:
+                await asyncio.sleep(self.interval_s)
