@@ -33,6 +33,9 @@ _IMMUTABLE_FIELDS = {
 }
 
 
+_MASKABLE = "UpdateFlag changes only description and default_enabled"
+
+
 class Override(StrEnum):
     """What SetTenantOverride does with one tenant."""
 
@@ -85,11 +88,9 @@ def check_update_mask(field: str, paths: Iterable[str]) -> frozenset[str]:
             continue
         why = _IMMUTABLE_FIELDS.get(path)
         if why is not None:
-            raise InvalidArgument.field(field, f"'{path}' {why}; only description, default_enabled")
+            raise InvalidArgument.field(field, f"'{path}' {why}; {_MASKABLE}")
         shown = path if len(path) <= 100 else path[:100] + "…"
-        raise InvalidArgument.field(
-            field, f"'{shown}' is not a field of Flag; use description, default_enabled"
-        )
+        raise InvalidArgument.field(field, f"'{shown}' is not a field of Flag; {_MASKABLE}")
     return frozenset(named)
 
 

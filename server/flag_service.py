@@ -37,6 +37,8 @@ OVERRIDE_FROM_PROTO = {
     flag_pb2.TENANT_OVERRIDE_INHERIT: Override.INHERIT,
 }
 
+_OVERRIDES = "TENANT_OVERRIDE_ENABLED, TENANT_OVERRIDE_DISABLED or TENANT_OVERRIDE_INHERIT"
+
 
 class FlagWatch(Protocol):
     """What serves WatchFlags: the same signature as the servicer method."""
@@ -173,8 +175,10 @@ class FlagServicer(flag_pb2_grpc.FlagServiceServicer):
         else:
             tenant = _checked(errors, check_ulid, "tenant_id", request.tenant_id)
         override = OVERRIDE_FROM_PROTO.get(request.override)
-        if override is None:
-            errors.add("override", "is required: TENANT_OVERRIDE_ENABLED, _DISABLED or _INHERIT")
+        if request.override == flag_pb2.TENANT_OVERRIDE_UNSPECIFIED:
+            errors.add("override", f"is required ({_OVERRIDES})")
+        elif override is None:
+            errors.add("override", f"unknown value {request.override} ({_OVERRIDES})")
         expected = None
         try:
             expected = parse_etag("etag", request.etag)
