@@ -100,7 +100,9 @@ class FlagServiceServicer:
     """
 
     def CreateFlag(self, request, context):
-        """Creates a flag with empty tenant lists.
+        """Creates a flag with empty tenant lists and etag "1". Every change to a
+        flag (create, update, override, archive, unarchive) is published on
+        WatchFlags with the flag's full new state.
         ALREADY_EXISTS if a flag with the key exists, archived or not.
         INVALID_ARGUMENT for a malformed key or a description over 2,000 characters.
         """
@@ -109,14 +111,16 @@ class FlagServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetFlag(self, request, context):
-        """Returns one flag, archived or not. NOT_FOUND if it does not exist.
+        """Returns one flag, archived or not. NOT_FOUND if it does not exist;
+        INVALID_ARGUMENT for a malformed key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListFlags(self, request, context):
-        """Lists flags ordered by key, paginated.
+        """Lists flags ordered by key, paginated. INVALID_ARGUMENT for a negative
+        page_size or a page_token issued for another request.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -124,9 +128,10 @@ class FlagServiceServicer:
 
     def UpdateFlag(self, request, context):
         """Changes the fields named in update_mask ("description", "default_enabled").
-        An empty mask updates both. NOT_FOUND if absent; ABORTED on a stale etag;
+        An empty mask updates both. An update that changes nothing succeeds and
+        keeps the etag. NOT_FOUND if absent; ABORTED on a stale etag;
         FAILED_PRECONDITION if the flag is archived; INVALID_ARGUMENT for a mask
-        naming an unknown or immutable field.
+        naming an unknown or immutable field (field "update_mask").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -135,7 +140,8 @@ class FlagServiceServicer:
     def SetTenantOverride(self, request, context):
         """Puts a tenant in the enabled or disabled list, or removes it from both
         (TENANT_OVERRIDE_INHERIT). A tenant is never in both lists. Atomic:
-        concurrent overrides for different tenants all survive.
+        concurrent overrides for different tenants all survive. Tenant ids are
+        stored upper-case; an override that changes nothing keeps the etag.
         NOT_FOUND if absent; ABORTED on a stale etag (when one is given);
         FAILED_PRECONDITION if archived; INVALID_ARGUMENT for a malformed tenant id
         or TENANT_OVERRIDE_UNSPECIFIED.
@@ -146,15 +152,16 @@ class FlagServiceServicer:
 
     def ArchiveFlag(self, request, context):
         """Archives a flag: it evaluates to false (EVALUATION_REASON_ARCHIVED) and
-        cannot be updated until unarchived. Archiving an archived flag is a no-op.
-        NOT_FOUND if absent; ABORTED on a stale etag.
+        cannot be updated until unarchived. Archiving an archived flag is a no-op
+        (same etag). NOT_FOUND if absent; ABORTED on a stale etag.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UnarchiveFlag(self, request, context):
-        """Restores an archived flag. NOT_FOUND if absent; ABORTED on a stale etag.
+        """Restores an archived flag; restoring a live flag is a no-op (same etag).
+        NOT_FOUND if absent; ABORTED on a stale etag.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -163,7 +170,8 @@ class FlagServiceServicer:
     def EvaluateFlag(self, request, context):
         """Evaluates one flag for a tenant: disabled list -> false, enabled list ->
         true, otherwise the default; archived -> false.
-        NOT_FOUND for an unknown key; INVALID_ARGUMENT for a malformed tenant id.
+        NOT_FOUND for an unknown key; INVALID_ARGUMENT for a malformed key or
+        tenant id; PERMISSION_DENIED when a tenant admin asks for another tenant.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -171,7 +179,11 @@ class FlagServiceServicer:
 
     def EvaluateFlags(self, request, context):
         """Evaluates several flags (every live flag when keys is empty) for a tenant
-        in one call. Unknown keys are listed in missing_keys, not an error.
+        in one call. Unknown keys are listed in missing_keys, not an error;
+        archived flags asked for by key evaluate to false (EVALUATION_REASON_ARCHIVED).
+        INVALID_ARGUMENT for more than 1000 keys, a malformed key (field
+        "keys[i]") or tenant id; PERMISSION_DENIED when a tenant admin asks for
+        another tenant.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -39,43 +39,58 @@ class FlagServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> FlagServiceAsyncStub: ...
     CreateFlag: _grpc.UnaryUnaryMultiCallable[_flag_pb2.CreateFlagRequest, _flag_pb2.CreateFlagResponse]
-    """Creates a flag with empty tenant lists.
+    """Creates a flag with empty tenant lists and etag "1". Every change to a
+    flag (create, update, override, archive, unarchive) is published on
+    WatchFlags with the flag's full new state.
     ALREADY_EXISTS if a flag with the key exists, archived or not.
     INVALID_ARGUMENT for a malformed key or a description over 2,000 characters.
     """
     GetFlag: _grpc.UnaryUnaryMultiCallable[_flag_pb2.GetFlagRequest, _flag_pb2.GetFlagResponse]
-    """Returns one flag, archived or not. NOT_FOUND if it does not exist."""
+    """Returns one flag, archived or not. NOT_FOUND if it does not exist;
+    INVALID_ARGUMENT for a malformed key.
+    """
     ListFlags: _grpc.UnaryUnaryMultiCallable[_flag_pb2.ListFlagsRequest, _flag_pb2.ListFlagsResponse]
-    """Lists flags ordered by key, paginated."""
+    """Lists flags ordered by key, paginated. INVALID_ARGUMENT for a negative
+    page_size or a page_token issued for another request.
+    """
     UpdateFlag: _grpc.UnaryUnaryMultiCallable[_flag_pb2.UpdateFlagRequest, _flag_pb2.UpdateFlagResponse]
     """Changes the fields named in update_mask ("description", "default_enabled").
-    An empty mask updates both. NOT_FOUND if absent; ABORTED on a stale etag;
+    An empty mask updates both. An update that changes nothing succeeds and
+    keeps the etag. NOT_FOUND if absent; ABORTED on a stale etag;
     FAILED_PRECONDITION if the flag is archived; INVALID_ARGUMENT for a mask
-    naming an unknown or immutable field.
+    naming an unknown or immutable field (field "update_mask").
     """
     SetTenantOverride: _grpc.UnaryUnaryMultiCallable[_flag_pb2.SetTenantOverrideRequest, _flag_pb2.SetTenantOverrideResponse]
     """Puts a tenant in the enabled or disabled list, or removes it from both
     (TENANT_OVERRIDE_INHERIT). A tenant is never in both lists. Atomic:
-    concurrent overrides for different tenants all survive.
+    concurrent overrides for different tenants all survive. Tenant ids are
+    stored upper-case; an override that changes nothing keeps the etag.
     NOT_FOUND if absent; ABORTED on a stale etag (when one is given);
     FAILED_PRECONDITION if archived; INVALID_ARGUMENT for a malformed tenant id
     or TENANT_OVERRIDE_UNSPECIFIED.
     """
     ArchiveFlag: _grpc.UnaryUnaryMultiCallable[_flag_pb2.ArchiveFlagRequest, _flag_pb2.ArchiveFlagResponse]
     """Archives a flag: it evaluates to false (EVALUATION_REASON_ARCHIVED) and
-    cannot be updated until unarchived. Archiving an archived flag is a no-op.
-    NOT_FOUND if absent; ABORTED on a stale etag.
+    cannot be updated until unarchived. Archiving an archived flag is a no-op
+    (same etag). NOT_FOUND if absent; ABORTED on a stale etag.
     """
     UnarchiveFlag: _grpc.UnaryUnaryMultiCallable[_flag_pb2.UnarchiveFlagRequest, _flag_pb2.UnarchiveFlagResponse]
-    """Restores an archived flag. NOT_FOUND if absent; ABORTED on a stale etag."""
+    """Restores an archived flag; restoring a live flag is a no-op (same etag).
+    NOT_FOUND if absent; ABORTED on a stale etag.
+    """
     EvaluateFlag: _grpc.UnaryUnaryMultiCallable[_flag_pb2.EvaluateFlagRequest, _flag_pb2.EvaluateFlagResponse]
     """Evaluates one flag for a tenant: disabled list -> false, enabled list ->
     true, otherwise the default; archived -> false.
-    NOT_FOUND for an unknown key; INVALID_ARGUMENT for a malformed tenant id.
+    NOT_FOUND for an unknown key; INVALID_ARGUMENT for a malformed key or
+    tenant id; PERMISSION_DENIED when a tenant admin asks for another tenant.
     """
     EvaluateFlags: _grpc.UnaryUnaryMultiCallable[_flag_pb2.EvaluateFlagsRequest, _flag_pb2.EvaluateFlagsResponse]
     """Evaluates several flags (every live flag when keys is empty) for a tenant
-    in one call. Unknown keys are listed in missing_keys, not an error.
+    in one call. Unknown keys are listed in missing_keys, not an error;
+    archived flags asked for by key evaluate to false (EVALUATION_REASON_ARCHIVED).
+    INVALID_ARGUMENT for more than 1000 keys, a malformed key (field
+    "keys[i]") or tenant id; PERMISSION_DENIED when a tenant admin asks for
+    another tenant.
     """
     WatchFlags: _grpc.UnaryStreamMultiCallable[_flag_pb2.WatchFlagsRequest, _flag_pb2.WatchFlagsResponse]
     """Streams flag changes. Without a cursor: one snapshot message per flag,
@@ -100,43 +115,58 @@ class FlagServiceAsyncStub(FlagServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateFlag: _aio.UnaryUnaryMultiCallable[_flag_pb2.CreateFlagRequest, _flag_pb2.CreateFlagResponse]  # type: ignore[assignment]
-    """Creates a flag with empty tenant lists.
+    """Creates a flag with empty tenant lists and etag "1". Every change to a
+    flag (create, update, override, archive, unarchive) is published on
+    WatchFlags with the flag's full new state.
     ALREADY_EXISTS if a flag with the key exists, archived or not.
     INVALID_ARGUMENT for a malformed key or a description over 2,000 characters.
     """
     GetFlag: _aio.UnaryUnaryMultiCallable[_flag_pb2.GetFlagRequest, _flag_pb2.GetFlagResponse]  # type: ignore[assignment]
-    """Returns one flag, archived or not. NOT_FOUND if it does not exist."""
+    """Returns one flag, archived or not. NOT_FOUND if it does not exist;
+    INVALID_ARGUMENT for a malformed key.
+    """
     ListFlags: _aio.UnaryUnaryMultiCallable[_flag_pb2.ListFlagsRequest, _flag_pb2.ListFlagsResponse]  # type: ignore[assignment]
-    """Lists flags ordered by key, paginated."""
+    """Lists flags ordered by key, paginated. INVALID_ARGUMENT for a negative
+    page_size or a page_token issued for another request.
+    """
     UpdateFlag: _aio.UnaryUnaryMultiCallable[_flag_pb2.UpdateFlagRequest, _flag_pb2.UpdateFlagResponse]  # type: ignore[assignment]
     """Changes the fields named in update_mask ("description", "default_enabled").
-    An empty mask updates both. NOT_FOUND if absent; ABORTED on a stale etag;
+    An empty mask updates both. An update that changes nothing succeeds and
+    keeps the etag. NOT_FOUND if absent; ABORTED on a stale etag;
     FAILED_PRECONDITION if the flag is archived; INVALID_ARGUMENT for a mask
-    naming an unknown or immutable field.
+    naming an unknown or immutable field (field "update_mask").
     """
     SetTenantOverride: _aio.UnaryUnaryMultiCallable[_flag_pb2.SetTenantOverrideRequest, _flag_pb2.SetTenantOverrideResponse]  # type: ignore[assignment]
     """Puts a tenant in the enabled or disabled list, or removes it from both
     (TENANT_OVERRIDE_INHERIT). A tenant is never in both lists. Atomic:
-    concurrent overrides for different tenants all survive.
+    concurrent overrides for different tenants all survive. Tenant ids are
+    stored upper-case; an override that changes nothing keeps the etag.
     NOT_FOUND if absent; ABORTED on a stale etag (when one is given);
     FAILED_PRECONDITION if archived; INVALID_ARGUMENT for a malformed tenant id
     or TENANT_OVERRIDE_UNSPECIFIED.
     """
     ArchiveFlag: _aio.UnaryUnaryMultiCallable[_flag_pb2.ArchiveFlagRequest, _flag_pb2.ArchiveFlagResponse]  # type: ignore[assignment]
     """Archives a flag: it evaluates to false (EVALUATION_REASON_ARCHIVED) and
-    cannot be updated until unarchived. Archiving an archived flag is a no-op.
-    NOT_FOUND if absent; ABORTED on a stale etag.
+    cannot be updated until unarchived. Archiving an archived flag is a no-op
+    (same etag). NOT_FOUND if absent; ABORTED on a stale etag.
     """
     UnarchiveFlag: _aio.UnaryUnaryMultiCallable[_flag_pb2.UnarchiveFlagRequest, _flag_pb2.UnarchiveFlagResponse]  # type: ignore[assignment]
-    """Restores an archived flag. NOT_FOUND if absent; ABORTED on a stale etag."""
+    """Restores an archived flag; restoring a live flag is a no-op (same etag).
+    NOT_FOUND if absent; ABORTED on a stale etag.
+    """
     EvaluateFlag: _aio.UnaryUnaryMultiCallable[_flag_pb2.EvaluateFlagRequest, _flag_pb2.EvaluateFlagResponse]  # type: ignore[assignment]
     """Evaluates one flag for a tenant: disabled list -> false, enabled list ->
     true, otherwise the default; archived -> false.
-    NOT_FOUND for an unknown key; INVALID_ARGUMENT for a malformed tenant id.
+    NOT_FOUND for an unknown key; INVALID_ARGUMENT for a malformed key or
+    tenant id; PERMISSION_DENIED when a tenant admin asks for another tenant.
     """
     EvaluateFlags: _aio.UnaryUnaryMultiCallable[_flag_pb2.EvaluateFlagsRequest, _flag_pb2.EvaluateFlagsResponse]  # type: ignore[assignment]
     """Evaluates several flags (every live flag when keys is empty) for a tenant
-    in one call. Unknown keys are listed in missing_keys, not an error.
+    in one call. Unknown keys are listed in missing_keys, not an error;
+    archived flags asked for by key evaluate to false (EVALUATION_REASON_ARCHIVED).
+    INVALID_ARGUMENT for more than 1000 keys, a malformed key (field
+    "keys[i]") or tenant id; PERMISSION_DENIED when a tenant admin asks for
+    another tenant.
     """
     WatchFlags: _aio.UnaryStreamMultiCallable[_flag_pb2.WatchFlagsRequest, _flag_pb2.WatchFlagsResponse]  # type: ignore[assignment]
     """Streams flag changes. Without a cursor: one snapshot message per flag,
@@ -164,7 +194,9 @@ class FlagServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _flag_pb2.CreateFlagRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_flag_pb2.CreateFlagResponse, _abc.Awaitable[_flag_pb2.CreateFlagResponse]]:
-        """Creates a flag with empty tenant lists.
+        """Creates a flag with empty tenant lists and etag "1". Every change to a
+        flag (create, update, override, archive, unarchive) is published on
+        WatchFlags with the flag's full new state.
         ALREADY_EXISTS if a flag with the key exists, archived or not.
         INVALID_ARGUMENT for a malformed key or a description over 2,000 characters.
         """
@@ -175,7 +207,9 @@ class FlagServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _flag_pb2.GetFlagRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_flag_pb2.GetFlagResponse, _abc.Awaitable[_flag_pb2.GetFlagResponse]]:
-        """Returns one flag, archived or not. NOT_FOUND if it does not exist."""
+        """Returns one flag, archived or not. NOT_FOUND if it does not exist;
+        INVALID_ARGUMENT for a malformed key.
+        """
 
     @_abc_1.abstractmethod
     def ListFlags(
@@ -183,7 +217,9 @@ class FlagServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _flag_pb2.ListFlagsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_flag_pb2.ListFlagsResponse, _abc.Awaitable[_flag_pb2.ListFlagsResponse]]:
-        """Lists flags ordered by key, paginated."""
+        """Lists flags ordered by key, paginated. INVALID_ARGUMENT for a negative
+        page_size or a page_token issued for another request.
+        """
 
     @_abc_1.abstractmethod
     def UpdateFlag(
@@ -192,9 +228,10 @@ class FlagServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_flag_pb2.UpdateFlagResponse, _abc.Awaitable[_flag_pb2.UpdateFlagResponse]]:
         """Changes the fields named in update_mask ("description", "default_enabled").
-        An empty mask updates both. NOT_FOUND if absent; ABORTED on a stale etag;
+        An empty mask updates both. An update that changes nothing succeeds and
+        keeps the etag. NOT_FOUND if absent; ABORTED on a stale etag;
         FAILED_PRECONDITION if the flag is archived; INVALID_ARGUMENT for a mask
-        naming an unknown or immutable field.
+        naming an unknown or immutable field (field "update_mask").
         """
 
     @_abc_1.abstractmethod
@@ -205,7 +242,8 @@ class FlagServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_flag_pb2.SetTenantOverrideResponse, _abc.Awaitable[_flag_pb2.SetTenantOverrideResponse]]:
         """Puts a tenant in the enabled or disabled list, or removes it from both
         (TENANT_OVERRIDE_INHERIT). A tenant is never in both lists. Atomic:
-        concurrent overrides for different tenants all survive.
+        concurrent overrides for different tenants all survive. Tenant ids are
+        stored upper-case; an override that changes nothing keeps the etag.
         NOT_FOUND if absent; ABORTED on a stale etag (when one is given);
         FAILED_PRECONDITION if archived; INVALID_ARGUMENT for a malformed tenant id
         or TENANT_OVERRIDE_UNSPECIFIED.
@@ -218,8 +256,8 @@ class FlagServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_flag_pb2.ArchiveFlagResponse, _abc.Awaitable[_flag_pb2.ArchiveFlagResponse]]:
         """Archives a flag: it evaluates to false (EVALUATION_REASON_ARCHIVED) and
-        cannot be updated until unarchived. Archiving an archived flag is a no-op.
-        NOT_FOUND if absent; ABORTED on a stale etag.
+        cannot be updated until unarchived. Archiving an archived flag is a no-op
+        (same etag). NOT_FOUND if absent; ABORTED on a stale etag.
         """
 
     @_abc_1.abstractmethod
@@ -228,7 +266,9 @@ class FlagServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _flag_pb2.UnarchiveFlagRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_flag_pb2.UnarchiveFlagResponse, _abc.Awaitable[_flag_pb2.UnarchiveFlagResponse]]:
-        """Restores an archived flag. NOT_FOUND if absent; ABORTED on a stale etag."""
+        """Restores an archived flag; restoring a live flag is a no-op (same etag).
+        NOT_FOUND if absent; ABORTED on a stale etag.
+        """
 
     @_abc_1.abstractmethod
     def EvaluateFlag(
@@ -238,7 +278,8 @@ class FlagServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_flag_pb2.EvaluateFlagResponse, _abc.Awaitable[_flag_pb2.EvaluateFlagResponse]]:
         """Evaluates one flag for a tenant: disabled list -> false, enabled list ->
         true, otherwise the default; archived -> false.
-        NOT_FOUND for an unknown key; INVALID_ARGUMENT for a malformed tenant id.
+        NOT_FOUND for an unknown key; INVALID_ARGUMENT for a malformed key or
+        tenant id; PERMISSION_DENIED when a tenant admin asks for another tenant.
         """
 
     @_abc_1.abstractmethod
@@ -248,7 +289,11 @@ class FlagServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_flag_pb2.EvaluateFlagsResponse, _abc.Awaitable[_flag_pb2.EvaluateFlagsResponse]]:
         """Evaluates several flags (every live flag when keys is empty) for a tenant
-        in one call. Unknown keys are listed in missing_keys, not an error.
+        in one call. Unknown keys are listed in missing_keys, not an error;
+        archived flags asked for by key evaluate to false (EVALUATION_REASON_ARCHIVED).
+        INVALID_ARGUMENT for more than 1000 keys, a malformed key (field
+        "keys[i]") or tenant id; PERMISSION_DENIED when a tenant admin asks for
+        another tenant.
         """
 
     @_abc_1.abstractmethod
