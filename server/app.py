@@ -24,6 +24,8 @@ from server.flag_service import FlagServicer
 from server.metrics import MetricsServer, RpcMetrics
 from server.pipeline import AllowAll, Authorizer, CallObserver, Pipeline
 from server.settings import Settings
+from server.tail import Sequencer, Tail
+from server.watch import Watch
 from storage.db import Database, PoolSettings
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,12 @@ class App:
 
     def __post_init__(self) -> None:
         self.db = Database(pool_settings(self.settings, self.conninfo))
+        # The change stream: one tail per process feeds every watch stream; every replica
+        # runs a sequencer, the advisory lock lets one at a time work (server/tail.py).
+        self.tail = Tail(self.db, pool_settings(self.settings, self.conninfo))
+        self.sequencer = Sequencer(self.db)
+        self.sequencer.on_sequenced = lambda _top: self.tail.wake()
+        self.watch = Watch(self.db, self.tail, heartbeat_s=self.settings.watch_heartbeat_s)
         # Metrics and the access log see every call; observers passed in come after them.
         self.observers = [
             RpcMetrics(),
@@ -89,7 +97,11 @@ class App:
         self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
         # Hooks for background jobs: each is started after the server and cancelled on stop.
-        self.background: list[Callable[[], Coroutine[Any, Any, None]]] = [self._watch_database]
+        self.background: list[Callable[[], Coroutine[Any, Any, None]]] = [
+            self._watch_database,
+            self.tail.run,
+            self.sequencer.run,
+        ]
         self._serving: bool | None = None
 
     async def start(self) -> int:
@@ -100,8 +112,12 @@ class App:
             ],
             options=server_options(self.reuse_port),
         )
-        config_pb2_grpc.add_ConfigServiceServicer_to_server(ConfigServicer(self.db), server)
-        flag_pb2_grpc.add_FlagServiceServicer_to_server(FlagServicer(self.db), server)
+        config_pb2_grpc.add_ConfigServiceServicer_to_server(
+            ConfigServicer(self.db, watch=self.watch), server
+        )
+        flag_pb2_grpc.add_FlagServiceServicer_to_server(
+            FlagServicer(self.db, watch=self.watch), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
@@ -142,6 +158,8 @@ class App:
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.shutdown_grace_s if grace is None else grace
         await self.health.enter_graceful_shutdown()
+        # Open watch streams end with UNAVAILABLE first, so clients resume elsewhere by cursor.
+        await self.watch.close(timeout=max(grace, 0.5))
         if self.server is not None:
             await self.server.stop(grace)
         for task in self._tasks:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import datetime
+from typing import Protocol
 
 import grpc
 from platform_admin.v1 import config_pb2, config_pb2_grpc
@@ -115,9 +116,18 @@ def _optional_ulid(field: str, value: str) -> str | None:
     return check_ulid(field, value) if value else None
 
 
+class ConfigWatch(Protocol):
+    """What serves WatchConfigs: the same signature as the servicer method."""
+
+    def WatchConfigs(
+        self, request: config_pb2.WatchConfigsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[config_pb2.WatchConfigsResponse]: ...
+
+
 class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, watch: ConfigWatch | None = None) -> None:
         self.db = db
+        self.watch = watch
 
     def _actor(self) -> str | None:
         return principal_ctx.current().subject
@@ -277,6 +287,9 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         request: config_pb2.WatchConfigsRequest,
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[config_pb2.WatchConfigsResponse]:
-        # Replaced by the watch stream (server/watch.py) once it is wired in.
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "WatchConfigs is not available yet")
-        yield config_pb2.WatchConfigsResponse()
+        # The stream mechanism is shared with WatchFlags (server/watch.py).
+        if self.watch is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "WatchConfigs is not available")
+            return
+        async for message in self.watch.WatchConfigs(request, context):
+            yield message

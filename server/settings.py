@@ -143,6 +143,8 @@ class Settings:
     log_level: str = "info"
     log_format: str = "text"
     migrate_on_start: bool = True
+    # WatchFlags / WatchConfigs: seconds between heartbeats on an idle stream.
+    watch_heartbeat_s: float = 15.0
     # Operations (server/metrics.py, server/access_log.py). metrics_listen None: no listener;
     # with several workers, worker i listens on the port + i.
     metrics_listen: str | None = "127.0.0.1:9464"
@@ -187,6 +189,7 @@ class Settings:
                 env, "PLATFORM_ADMIN_LOG_LEVEL", "info", ("debug", "info", "warning", "error")
             ),
             log_format=_choice(env, "PLATFORM_ADMIN_LOG_FORMAT", "text", ("text", "json")),
+            watch_heartbeat_s=_float(env, "PLATFORM_ADMIN_WATCH_HEARTBEAT_S", 15.0, 0.1, 3600),
             migrate_on_start=_choice(
                 env, "PLATFORM_ADMIN_MIGRATE_ON_START", "true", ("true", "false")
             )

@@ -58,7 +58,7 @@ class Tail:
         self.ready = asyncio.Event()
         self._listeners: list[Listener] = []
         self._wake = asyncio.Event()
-        self._advanced = asyncio.Condition()
+        self._advanced = asyncio.Event()
         self.listen_connected = False
         # The LISTEN connection's backend pid (tests terminate it to prove recovery).
         self.listen_pid: int | None = None
@@ -76,8 +76,9 @@ class Tail:
 
         Raises TimeoutError after ``timeout`` seconds.
         """
-        async with asyncio.timeout(timeout), self._advanced:
-            await self._advanced.wait_for(lambda: self.head_seq >= seq)
+        async with asyncio.timeout(timeout):
+            while self.head_seq < seq:
+                await self._advanced.wait()
 
     def wake(self) -> None:
         """Read now instead of at the next poll (e.g. right after a local write)."""
@@ -113,7 +114,7 @@ class Tail:
                 log.warning("change stream head unreadable (retrying): %s", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _BACKOFF_MAX_S)
-        await self._advance(head, [])
+        self._advance(head, [])
         self.ready.set()
 
     async def _read_all(self) -> None:
@@ -121,20 +122,22 @@ class Tail:
             events = await stream.read_after(self.db, self.head_seq, self.batch)
             if not events:
                 return
-            await self._advance(events[-1].seq, events)
+            self._advance(events[-1].seq, events)
             if len(events) < self.batch:
                 return
 
-    async def _advance(self, head: int, events: list[ChangeEvent]) -> None:
-        if events:
-            for callback in list(self._listeners):
-                try:
-                    callback(events)
-                except Exception:
-                    log.exception("change stream listener failed")
-        async with self._advanced:
-            self.head_seq = head
-            self._advanced.notify_all()
+    def _advance(self, head: int, events: list[ChangeEvent]) -> None:
+        # Synchronous on purpose: listeners get the batch and head_seq moves with no await
+        # in between, so whoever reads head_seq and adds a listener in one step misses
+        # nothing after that head and receives nothing up to it.
+        for callback in list(self._listeners) if events else ():
+            try:
+                callback(events)
+            except Exception:
+                log.exception("change stream listener failed")
+        self.head_seq = head
+        advanced, self._advanced = self._advanced, asyncio.Event()
+        advanced.set()
 
     async def _listen(self) -> None:
         """Keeps a LISTEN connection open (outside the pool); each NOTIFY wakes the reader."""

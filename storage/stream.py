@@ -150,7 +150,7 @@ async def sequence_batch(db: Database, limit: int = 1000, notify: bool = True) -
         top = max(assigned)
         if notify:
             await conn.execute(_NOTIFY, (NOTIFY_CHANNEL, str(top)))
-        return top
+        return int(top)
 
     return await db.transaction(work)
 
