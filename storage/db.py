@@ -15,6 +15,7 @@ a caller.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import time
@@ -78,8 +79,13 @@ class PoolSettings:
 call_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "call_deadline", default=None
 )
-# Time kept back from a deadline to send the answer.
-_DEADLINE_MARGIN_S = 0.05
+
+
+def _left(deadline: float) -> float:
+    """Time left before ``deadline``, less a margin to send the answer: a tenth of what is
+    left (a burst of failures all due at once takes the event loop a while), 50-500 ms."""
+    left = deadline - time.monotonic()
+    return left - min(0.5, max(0.05, 0.1 * left))
 
 
 def session_options(settings: PoolSettings) -> str:
@@ -173,6 +179,9 @@ class Database:
         # False after a connection error or a failed ping; True after a success. Only
         # shortens waits while the database is down, it never refuses a call by itself.
         self.reachable = True
+        # ping() uses its own connection: a pool busy to the last connection is not a
+        # database outage, and must not turn health NOT_SERVING.
+        self._probe: psycopg.AsyncConnection | None = None
 
     def _acquire_timeout(self) -> float:
         timeout = self.settings.acquire_timeout_s
@@ -180,7 +189,7 @@ class Database:
             timeout = min(timeout, self.settings.unreachable_acquire_timeout_s)
         deadline = call_deadline.get()
         if deadline is not None:
-            timeout = min(timeout, deadline - time.monotonic() - _DEADLINE_MARGIN_S)
+            timeout = min(timeout, _left(deadline))
         # The pool refuses a zero timeout even with a connection ready.
         return max(timeout, 0.001)
 
@@ -194,6 +203,10 @@ class Database:
 
     async def close(self) -> None:
         await self.pool.close()
+        if self._probe is not None:
+            with contextlib.suppress(Exception):
+                await self._probe.close()
+            self._probe = None
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[psycopg.AsyncConnection]:
@@ -238,7 +251,7 @@ class Database:
         deadline = call_deadline.get()
         if deadline is None:
             return
-        left_ms = max(int((deadline - time.monotonic() - _DEADLINE_MARGIN_S) * 1000), 1)
+        left_ms = max(int(_left(deadline) * 1000), 1)
         statement_ms = self.settings.statement_timeout_ms
         lock_ms = self.settings.lock_timeout_ms
         if left_ms >= max(statement_ms, lock_ms):
@@ -250,12 +263,26 @@ class Database:
         )
 
     async def ping(self, timeout: float = 2.0) -> bool:
-        """True when a pooled connection answers ``SELECT 1`` within ``timeout``."""
+        """True when the database answers ``SELECT 1`` within ``timeout``.
+
+        Uses one connection of its own, kept open between pings and replaced after a failure.
+        """
         try:
-            async with asyncio.timeout(timeout), self.pool.connection(timeout=timeout) as conn:
-                await conn.execute("SELECT 1")
+            async with asyncio.timeout(timeout):
+                if self._probe is None or self._probe.closed:
+                    self._probe = await psycopg.AsyncConnection.connect(
+                        self.settings.conninfo,
+                        autocommit=True,
+                        connect_timeout=max(2, self.settings.connect_timeout_s),
+                        application_name="platform-admin-ping",
+                    )
+                await self._probe.execute("SELECT 1")
             self.reachable = True
             return True
         except Exception:  # any failure means "not serving"
+            if self._probe is not None:
+                with contextlib.suppress(Exception):
+                    await self._probe.close()
+                self._probe = None
             self.reachable = False
             return False

