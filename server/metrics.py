@@ -51,7 +51,7 @@ from storage.ops import OutboxBacklog, outbox_backlog
 
 log = logging.getLogger(__name__)
 # The *_created series double the exposition for no operational use.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Latency buckets from a cached read (~0.2 ms) to a slow write near the default deadline.
 LATENCY_BUCKETS = (

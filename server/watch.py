@@ -36,6 +36,7 @@ from domain.config_keys import Scope
 from domain.errors import DomainError, InvalidArgument, ResourceExhausted, Unavailable
 from domain.etags import format_etag
 from domain.flags import check_key
+from server import metrics
 from server import principal as principal_ctx
 from server.convert import SCOPE_TO_PROTO, value_to_proto
 from server.errors import to_status
@@ -195,6 +196,7 @@ class Watch:
                     continue
                 if len(sub.events) + len(wanted) > self.queue_limit:
                     self.cut_off += 1
+                    metrics.watch_dropped(sub.kind.name, len(sub.events) + len(wanted))
                     self._end(
                         sub,
                         ResourceExhausted(
@@ -309,6 +311,7 @@ class Watch:
             )
         sub = Subscriber(kind, accept, asyncio.current_task(), context)
         self._streams.add(sub)
+        metrics.watch_subscribed(kind.name)
         try:
             await self._ready()
             state = await stream.state(self.db)
@@ -392,6 +395,7 @@ class Watch:
                     async with asyncio.timeout(idle_for):
                         await sub.wake.wait()
         finally:
+            metrics.watch_unsubscribed(kind.name)
             self._streams.discard(sub)
             self._live[kind.subject].discard(sub)
             sub.events.clear()
@@ -423,6 +427,7 @@ class Watch:
             self._messages[key] = message
             if len(self._messages) > _MESSAGE_CACHE:
                 self._messages.popitem(last=False)
+        metrics.watch_sent(kind.name)
         return message
 
     async def _ready(self) -> None:
