@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import grpc
 
-from server import logs
+from server import logs, workers
 from server.pipeline import AllowAll, Authorizer
 from server.principal import ALL_ROLES
 from server.settings import Settings, SettingsError
@@ -34,6 +34,7 @@ async def _serve(
     conninfo: str,
     authorizer: Authorizer | None = None,
     credentials: grpc.ServerCredentials | None = None,
+    reuse_port: bool = False,
 ) -> None:
     from server.app import App
 
@@ -41,7 +42,13 @@ async def _serve(
         applied = await migrate(conninfo)
         if applied:
             log.info("applied migrations %s", applied)
-    app = App(settings, conninfo, authorizer=authorizer or AllowAll(), credentials=credentials)
+    app = App(
+        settings,
+        conninfo,
+        authorizer=authorizer or AllowAll(),
+        credentials=credentials,
+        reuse_port=reuse_port,
+    )
     port = await app.start()
     if settings.metrics_listen is not None:
         try:
@@ -76,8 +83,30 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     if settings.auth == "off":
         log.warning("%s", auth.DEV_MODE_WARNING)
+    try:
+        workers.check_port(settings)
+    except SettingsError as exc:
+        print(f"platform-admin: {exc}", file=sys.stderr)
+        return 2
     _, conninfo = database_url(settings)
+    if settings.workers > 1:
+        # The database is started and migrated once, here; then the workers share the port.
+        if settings.migrate_on_start:
+            applied = asyncio.run(migrate(conninfo))
+            if applied:
+                log.info("applied migrations %s", applied)
+        return workers.run(settings, conninfo, serve_worker)
     asyncio.run(_serve(settings, conninfo, authorizer, credentials))
+    return 0
+
+
+def serve_worker(settings: Settings, conninfo: str) -> int:
+    """One of several ``serve`` processes (server/workers.py): same port, own resources."""
+    from server import auth, tls
+
+    authorizer = auth.authorizer_for(settings)
+    credentials = tls.server_credentials(settings)
+    asyncio.run(_serve(settings, conninfo, authorizer, credentials, reuse_port=True))
     return 0
 
 

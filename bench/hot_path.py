@@ -1,0 +1,651 @@
+"""`make bench`: hot-path throughput and latency, each figure beside a same-run baseline.
+
+What it does (a few minutes in all):
+
+1. Uses its own database, on DATABASE_URL's server or on an embedded PostgreSQL under
+   ``.data/pg-bench``; migrates it and seeds 1,000 flags with tenant lists and the config
+   keys with tenant and node overrides.
+2. Reads (EvaluateFlag, EvaluateFlags, ResolveConfig, ResolveConfigs): h2load drives gRPC
+   over h2c with a framed request body against ``platform-admin serve`` (one worker) and,
+   right after, against bench/empty_server.py (empty handlers on an identical grpc.aio
+   server). Both servers are pinned to CPU 0 and h2load to CPU 1 when the machine has two
+   or more CPUs, so the two measurements compete for the same resources.
+3. Writes (SetConfig, SetTenantOverride): a grpc.aio client sends pre-serialized requests,
+   each changing a value, and the baseline issues the same SQL transaction straight
+   through psycopg with a pool of the same size, at the same concurrency.
+4. Two workers against one (read throughput at concurrency 64, unpinned), cold start and
+   resident memory with 10,000 flags, and the propagation latency of a write from one
+   server process to another.
+
+Ratios are the result: this machine is shared and noisy, absolute figures are not.
+Environment: BENCH_SECONDS (per measurement, default 2), DATABASE_URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psycopg
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from platform_admin.v1 import config_pb2, flag_pb2
+from psycopg.conninfo import make_conninfo
+from psycopg.types.json import Jsonb
+
+from domain import config_keys
+from domain.ids import new_ulid
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+SECONDS = float(os.environ.get("BENCH_SECONDS", "2"))
+WARM_UP = 0.5
+CONCURRENCY = (1, 16, 64)
+N_FLAGS = 1_000
+N_COLD_FLAGS = 10_000
+N_TENANTS = 500
+N_NODES = 20
+POOL_MAX = 10  # the service's default PLATFORM_ADMIN_POOL_MAX; the write baseline uses the same
+CONFIG = "/platform_admin.v1.ConfigService/"
+FLAG = "/platform_admin.v1.FlagService/"
+PINNED = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
+
+
+@dataclass
+class Result:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    calls: int
+    failed: int = 0
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tenant_ids(n: int, seed: int = 7) -> list[str]:
+    rng = random.Random(seed)
+    alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    return ["01J" + "".join(rng.choice(alphabet) for _ in range(23)) for _ in range(n)]
+
+
+TENANTS = tenant_ids(N_TENANTS)
+NODES = [f"node-{i:02d}" for i in range(N_NODES)]
+
+
+def flag_key(i: int) -> str:
+    return f"bench.flag_{i:05d}"
+
+
+# --- database -----------------------------------------------------------------------------
+
+
+@contextmanager
+def bench_server_url() -> Iterator[str]:
+    """The PostgreSQL server to use: DATABASE_URL, else an embedded one under .data/."""
+    url = os.environ.get("DATABASE_URL", "").strip()
+    if url:
+        yield url
+        return
+    from server import embedded_db
+
+    handle, uri = embedded_db.start(ROOT / ".data", name="pg-bench")
+    try:
+        yield uri
+    finally:
+        del handle
+
+
+@contextmanager
+def own_database(server_url: str, name: str) -> Iterator[str]:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = make_conninfo(server_url, dbname=name)
+    try:
+        from storage.migrate import migrate
+
+        asyncio.run(migrate(url))
+        yield url
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def seed(url: str, n_flags: int) -> None:
+    """Flags with tenant lists, TENANT overrides of every tenant-scoped key, NODE overrides."""
+    rng = random.Random(n_flags)
+    flags = []
+    for i in range(n_flags):
+        chosen = rng.sample(TENANTS, 30)
+        flags.append(
+            (
+                flag_key(i),
+                f"bench flag {i}",
+                i % 3 == 0,
+                sorted(chosen[:20]),
+                sorted(chosen[20:]),
+                i % 50 == 49,
+            )
+        )
+    configs = []
+    for spec in config_keys.ALLOW_LIST.values():
+        for scope, owners in (
+            (config_keys.Scope.TENANT, TENANTS[: N_TENANTS // 2]),
+            (config_keys.Scope.NODE, NODES),
+        ):
+            if scope not in spec.scopes:
+                continue
+            for owner in owners:
+                value = spec.default if not isinstance(spec.default, int) else spec.min_value or 1
+                if isinstance(spec.default, bool):
+                    value = not spec.default
+                configs.append(
+                    (
+                        spec.key,
+                        scope.value,
+                        owner if scope is config_keys.Scope.TENANT else None,
+                        owner if scope is config_keys.Scope.NODE else None,
+                        config_keys.serialize(value),
+                    )
+                )
+    with psycopg.connect(url, options="-c search_path=platform_admin") as conn:
+        with conn.cursor() as cur:
+            with cur.copy(
+                "COPY feature_flags (key, description, default_enabled, enabled_tenant_ids,"
+                " disabled_tenant_ids, is_archived) FROM STDIN"
+            ) as copy:
+                for row in flags:
+                    copy.write_row(row)
+            with cur.copy(
+                "COPY platform_configs (key, scope, tenant_id, node_id, value) FROM STDIN"
+            ) as copy:
+                for row in configs:
+                    copy.write_row(row)
+        conn.commit()
+
+
+# --- processes ----------------------------------------------------------------------------
+
+
+def _pin(cpu: int | None) -> list[str]:
+    return ["taskset", "-c", str(cpu)] if PINNED and cpu is not None else []
+
+
+@dataclass
+class Proc:
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def rss_mb(self) -> float:
+        """Resident memory of the process and its children (workers), in MB."""
+        total = 0
+        pids = [self.process.pid]
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        if children.exists():
+            pids += [int(p) for p in children.read_text().split()]
+        for pid in pids:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        return total / 1024
+
+
+def wait_serving(port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"server on port {port} exited with {process.returncode}")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.02)
+    raise RuntimeError(f"server on port {port} did not become SERVING in {timeout}s")
+
+
+def start_service(
+    url: str, workdir: Path, *, workers: int = 1, cpu: int | None = None, port: int = 0
+) -> Proc:
+    port = port or free_port()
+    log_path = workdir / f"serve-{port}.log"
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "PLATFORM_ADMIN_LISTEN": f"127.0.0.1:{port}",
+        "PLATFORM_ADMIN_WORKERS": str(workers),
+        "PLATFORM_ADMIN_LOG_LEVEL": "warning",
+        "PLATFORM_ADMIN_AUTH": "off",
+        "PLATFORM_ADMIN_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
+        "PLATFORM_ADMIN_POOL_MAX": str(POOL_MAX),
+    }
+    for name in ("PLATFORM_ADMIN_JWT_SECRET", "PLATFORM_ADMIN_JWT_PUBLIC_KEY_FILE"):
+        env.pop(name, None)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [*_pin(cpu), str(BIN / "platform-admin"), "serve"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    proc = Proc(process, port, log_path)
+    try:
+        wait_serving(port, process)
+    except RuntimeError:
+        proc.stop()
+        say(log_path.read_text(errors="replace")[-3000:])
+        raise
+    return proc
+
+
+def start_empty(workdir: Path, cpu: int | None = None) -> Proc:
+    port = free_port()
+    log_path = workdir / f"empty-{port}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [*_pin(cpu), sys.executable, "-m", "bench.empty_server", str(port)],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 30
+    while "ready" not in log_path.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"empty server failed: {log_path.read_text()}")
+        time.sleep(0.05)
+    return Proc(process, port, log_path)
+
+
+# --- reads through h2load -----------------------------------------------------------------
+
+
+def frame(message: Any) -> bytes:
+    data: bytes = message.SerializeToString()
+    return b"\x00" + struct.pack(">I", len(data)) + data
+
+
+def call_once(port: int, path: str, request: Any, response_type: Any) -> Any:
+    """One call through a real client: the body h2load sends must succeed and be right."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        method = channel.unary_unary(
+            path,
+            request_serializer=type(request).SerializeToString,
+            response_deserializer=response_type.FromString,
+        )
+        return method(request, timeout=10)
+
+
+def h2load(port: int, path: str, body: bytes, concurrency: int, workdir: Path) -> Result:
+    clients = min(concurrency, 16)
+    streams = max(1, concurrency // clients)
+    body_file = workdir / "body.bin"
+    body_file.write_bytes(body)
+    log_file = workdir / "h2load.log"
+    log_file.unlink(missing_ok=True)
+    args = [
+        *_pin(1),
+        "h2load",
+        "-c",
+        str(clients),
+        "-m",
+        str(streams),
+        "-D",
+        f"{int(SECONDS * 1000)}ms",
+        f"--warm-up-time={int(WARM_UP * 1000)}ms",
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "te: trailers",
+        "-d",
+        str(body_file),
+        "--log-file",
+        str(log_file),
+        f"http://127.0.0.1:{port}{path}",
+    ]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=SECONDS + 60, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"h2load failed: {done.stdout}\n{done.stderr}")
+    latencies = []
+    failed = 0
+    for line in log_file.read_text().splitlines():
+        parts = line.split("\t")
+        if len(parts) < 3:
+            continue
+        if parts[1] != "200":
+            failed += 1
+        latencies.append(int(parts[2]) / 1000)
+    for line in done.stdout.splitlines():
+        if line.startswith("finished in"):
+            rps = float(line.split(",")[1].split("req/s")[0].strip())
+            break
+    else:
+        raise RuntimeError(f"unexpected h2load output: {done.stdout}")
+    return _result(rps, latencies, failed)
+
+
+def _result(rps: float, latencies: list[float], failed: int) -> Result:
+    if not latencies:
+        return Result(rps, float("nan"), float("nan"), 0, failed)
+    latencies.sort()
+    p50 = latencies[len(latencies) // 2]
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    return Result(rps, p50, p99, len(latencies), failed)
+
+
+# --- writes through a grpc.aio client, and the same SQL straight through psycopg ---------
+
+# One counter for every write measurement: each call changes a value (a repeated value would
+# be a no-op the service answers without writing), across cells and across runs.
+_write_counter = iter(range(1 << 62))
+
+
+async def drive(concurrency: int, call: Callable[[int], Awaitable[None]]) -> Result:
+    latencies: list[float] = []
+    failed = 0
+    started = time.perf_counter()
+    measure_from = started + WARM_UP
+    stop_at = measure_from + SECONDS
+
+    async def worker() -> None:
+        nonlocal failed
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= stop_at:
+                return
+            try:
+                await call(next(_write_counter))
+            except Exception as exc:
+                failed += 1
+                if failed == 1:
+                    say(f"  first failure: {exc!r}"[:300])
+            if t0 >= measure_from:
+                latencies.append((time.perf_counter() - t0) * 1000)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return _result(len(latencies) / SECONDS, latencies, failed)
+
+
+PWD = "global.password_min_length"
+
+
+def set_config_target(i: int) -> tuple[str, int]:
+    """Call i updates a seeded TENANT row at a value that differs from its previous one."""
+    n = N_TENANTS // 2  # the seeded overrides: SetConfig's update path, as the baseline's SQL
+    return TENANTS[i % n], 9 + (i // n) % 120
+
+
+async def grpc_set_config(port: int, concurrency: int) -> Result:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        method = channel.unary_unary(CONFIG + "SetConfig")  # bytes in, bytes out
+
+        async def call(i: int) -> None:
+            tenant, value = set_config_target(i)
+            request = config_pb2.SetConfigRequest(
+                key=PWD,
+                scope=config_pb2.CONFIG_SCOPE_TENANT,
+                tenant_id=tenant,
+                value=config_pb2.ConfigValue(int_value=value),
+            )
+            await method(request.SerializeToString(), timeout=30)
+
+        return await drive(concurrency, call)
+
+
+async def sql_set_config(url: str, concurrency: int) -> Result:
+    """SetConfig's transaction (storage/configs.py set_value, update path), no gRPC."""
+    from psycopg_pool import AsyncConnectionPool
+
+    from storage import configs as q
+
+    async with AsyncConnectionPool(
+        url,
+        min_size=POOL_MAX,
+        max_size=POOL_MAX,
+        kwargs={"autocommit": True, "options": "-c search_path=platform_admin,public"},
+        open=False,
+    ) as pool:
+        await pool.wait()
+
+        async def call(i: int) -> None:
+            tenant, value = set_config_target(i)
+            stored = config_keys.serialize(value)
+            target = (PWD, "TENANT", tenant, None)
+            async with pool.connection() as conn, conn.transaction():
+                cur = await conn.execute(q._LOCK, target)
+                current = await cur.fetchone()
+                assert current is not None
+                cur = await conn.execute(q._UPDATE_VALUE, (stored, None, *target))
+                row = await cur.fetchone()
+                assert row is not None
+                await conn.execute(
+                    q._INSERT_HISTORY,
+                    (
+                        new_ulid(),
+                        PWD,
+                        "TENANT",
+                        tenant,
+                        None,
+                        "SET",
+                        current[4],
+                        stored,
+                        None,
+                        row[8],
+                    ),
+                )
+                payload = {
+                    "key": PWD,
+                    "scope": "TENANT",
+                    "tenant_id": tenant,
+                    "node_id": None,
+                    "value": value,
+                    "description": "",
+                    "archived": False,
+                    "version": row[7],
+                    "update_time": row[8].isoformat(),
+                }
+                await conn.execute(
+                    "INSERT INTO outbox (id, tenant_id, subject, payload, headers)"
+                    " VALUES (%s, %s, %s, %s, %s)",
+                    (
+                        new_ulid(),
+                        tenant,
+                        "platform_admin.config.changed",
+                        Jsonb(payload),
+                        Jsonb({"changed_by": ""}),
+                    ),
+                )
+
+        return await drive(concurrency, call)
+
+
+# --- the run ------------------------------------------------------------------------------
+
+T = TENANTS[0]
+
+
+def read_rows() -> list[tuple[str, str, Any, Any, Callable[[Any], bool]]]:
+    """(label, path, request, response type, check of the answer) per read row."""
+    # bench.flag_00000 has T in neither list unless the sample put it there; pick a flag that
+    # enables T so the answer is known.
+    fifty = [flag_key(i) for i in range(0, N_FLAGS, N_FLAGS // 50)]
+    return [
+        (
+            "EvaluateFlag",
+            FLAG + "EvaluateFlag",
+            flag_pb2.EvaluateFlagRequest(key=flag_key(1), tenant_id=T),
+            flag_pb2.EvaluateFlagResponse,
+            lambda r: r.reason != flag_pb2.EVALUATION_REASON_UNSPECIFIED,
+        ),
+        (
+            "EvaluateFlags (50 keys)",
+            FLAG + "EvaluateFlags",
+            flag_pb2.EvaluateFlagsRequest(tenant_id=T, keys=fifty),
+            flag_pb2.EvaluateFlagsResponse,
+            lambda r: len(r.evaluations) == 50,
+        ),
+        (
+            "EvaluateFlags (all 1,000)",
+            FLAG + "EvaluateFlags",
+            flag_pb2.EvaluateFlagsRequest(tenant_id=T),
+            flag_pb2.EvaluateFlagsResponse,
+            # every live flag: the seed archives one in fifty
+            lambda r: len(r.evaluations) == N_FLAGS - N_FLAGS // 50,
+        ),
+        (
+            "ResolveConfig",
+            CONFIG + "ResolveConfig",
+            config_pb2.ResolveConfigRequest(key=PWD, tenant_id=T),
+            config_pb2.ResolveConfigResponse,
+            lambda r: r.source_scope == config_pb2.CONFIG_SCOPE_TENANT,
+        ),
+        (
+            "ResolveConfigs (all keys)",
+            CONFIG + "ResolveConfigs",
+            config_pb2.ResolveConfigsRequest(tenant_id=T, node_id=NODES[0]),
+            config_pb2.ResolveConfigsResponse,
+            lambda r: len(r.configs) == len(config_keys.ALLOW_LIST),
+        ),
+    ]
+
+
+def usable(port: int, path: str, request: Any, response_type: Any, check: Any) -> bool:
+    try:
+        answer = call_once(port, path, request, response_type)
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+            return False
+        raise
+    if not check(answer):
+        raise RuntimeError(f"{path} answered wrongly: {answer}")
+    return True
+
+
+Row = tuple[str, int, Result, Result | None]
+
+
+def bench_reads(url: str, workdir: Path) -> list[Row]:
+    rows: list[Row] = []
+    service = start_service(url, workdir, cpu=0)
+    empty = start_empty(workdir, cpu=0)
+    try:
+        for label, path, request, response_type, check in read_rows():
+            if not usable(service.port, path, request, response_type, check):
+                say(f"{label}: not served yet, skipped")
+                continue
+            body = frame(request)
+            for c in CONCURRENCY:
+                ours = h2load(service.port, path, body, c, workdir)
+                base = h2load(empty.port, path, body, c, workdir)
+                say(f"{label} c={c}: {ours.rps:,.0f} vs {base.rps:,.0f} RPC/s")
+                rows.append((label, c, ours, base))
+    finally:
+        service.stop()
+        empty.stop()
+    return rows
+
+
+def bench_writes(url: str, workdir: Path) -> list[Row]:
+    rows: list[Row] = []
+    service = start_service(url, workdir)
+    try:
+        for c in CONCURRENCY:
+            ours = asyncio.run(grpc_set_config(service.port, c))
+            base = asyncio.run(sql_set_config(url, c))
+            say(f"SetConfig c={c}: {ours.rps:,.0f} vs {base.rps:,.0f} TPS")
+            rows.append(("SetConfig", c, ours, base))
+    finally:
+        service.stop()
+    return rows
+
+
+def fmt_table(rows: list[Row]) -> str:
+    lines = [
+        "| RPC | conc. | RPC/s | p50 ms | p99 ms | baseline RPC/s | baseline p50 | baseline p99"
+        " | RPC/s ratio | p99 ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, c, ours, base in rows:
+        b = base
+        cells = [
+            label,
+            str(c),
+            f"{ours.rps:,.0f}",
+            f"{ours.p50_ms:.2f}",
+            f"{ours.p99_ms:.2f}",
+        ]
+        if b is None:
+            cells += ["", "", "", "", ""]
+        else:
+            cells += [
+                f"{b.rps:,.0f}",
+                f"{b.p50_ms:.2f}",
+                f"{b.p99_ms:.2f}",
+                f"{ours.rps / b.rps:.2f}×" if b.rps else "",
+                f"{ours.p99_ms / b.p99_ms:.2f}×" if b.p99_ms else "",
+            ]
+        if ours.failed:
+            cells[0] += f" ({ours.failed} failed)"
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    if shutil.which("h2load") is None:
+        say("h2load is missing: apt-get install nghttp2-client (make bench installs it)")
+        return 2
+    started = time.monotonic()
+    rows: list[Row] = []
+    with bench_server_url() as server_url, tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        with own_database(server_url, f"pa_bench_{os.getpid()}") as url:
+            seed(url, N_FLAGS)
+            rows += bench_reads(url, workdir)
+            rows += bench_writes(url, workdir)
+    print()
+    print(fmt_table(rows))
+    print()
+    print(
+        f"(total {time.monotonic() - started:.0f} s; {SECONDS:g} s per measurement"
+        f"{', service and empty server pinned to CPU 0, h2load to CPU 1' if PINNED else ''})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
