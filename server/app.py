@@ -158,10 +158,14 @@ class App:
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.shutdown_grace_s if grace is None else grace
         await self.health.enter_graceful_shutdown()
-        # Open watch streams end with UNAVAILABLE first, so clients resume elsewhere by cursor.
+        # New calls are refused from now on; calls in flight get the grace period, while
+        # open watch streams end with UNAVAILABLE so clients resume elsewhere by cursor.
+        stopping = (
+            asyncio.ensure_future(self.server.stop(grace)) if self.server is not None else None
+        )
         await self.watch.close(timeout=max(grace, 0.5))
-        if self.server is not None:
-            await self.server.stop(grace)
+        if stopping is not None:
+            await stopping
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
