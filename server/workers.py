@@ -38,6 +38,11 @@ WorkerMain = Callable[[Settings, str], int]
 
 def _worker(main: WorkerMain, settings: Settings, conninfo: str, index: int) -> None:
     logs.setup(settings.log_level, settings.log_format)
+    if settings.metrics_listen is not None:
+        # Each worker is its own scrape target: worker i on the metrics port + i.
+        from server.metrics import worker_listen
+
+        settings = replace(settings, metrics_listen=worker_listen(settings.metrics_listen, index))
     log.info("worker %d started (pid %d)", index, os.getpid())
     raise SystemExit(main(settings, conninfo))
 

@@ -6,6 +6,8 @@ import asyncio
 import json
 import logging
 import math
+import socket
+import time
 import urllib.request
 from dataclasses import replace
 
@@ -268,3 +270,33 @@ def test_metrics_listen_setting():
     assert metrics.worker_listen("127.0.0.1:9464", 0) == "127.0.0.1:9464"
     assert metrics.worker_listen("127.0.0.1:9464", 3) == "127.0.0.1:9467"
     assert metrics.worker_listen("127.0.0.1:0", 3) == "127.0.0.1:0"
+
+
+def test_each_worker_serves_metrics_on_its_own_port(db_url, tmp_path):
+    base = free_port()
+    while True:  # two consecutive free ports
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", base + 1))
+            break
+        except OSError:
+            base = free_port()
+    server = start_server(
+        db_url,
+        tmp_path,
+        {"PLATFORM_ADMIN_WORKERS": "2", "PLATFORM_ADMIN_METRICS_LISTEN": f"127.0.0.1:{base}"},
+    )
+    try:
+        for port in (base, base + 1):
+            deadline = 50
+            while True:
+                try:
+                    found = families(port)
+                    break
+                except OSError:
+                    deadline -= 1
+                    assert deadline, f"worker metrics on {port} never answered"
+                    time.sleep(0.2)
+            assert found.items() >= FAMILIES.items()
+    finally:
+        assert stop_server(server) == 0
