@@ -195,3 +195,71 @@ async def wait_for(predicate: Any, timeout: float, interval: float = 0.05) -> bo
             return True
         await asyncio.sleep(interval)
     return False
+
+
+Identity = tuple[str, int, str]  # key, scope, tenant_id
+
+
+class ConfigSubscriber:
+    """A WatchConfigs client that behaves as the contract asks: on UNAVAILABLE it reconnects
+    (to ``stubs`` in turn) with the last cursor it received."""
+
+    def __init__(self, *stubs: config_pb2_grpc.ConfigServiceStub) -> None:
+        self.stubs = stubs
+        self.cursor = ""
+        self.snapshot: dict[Identity, int] = {}
+        self.changes: list[tuple[Identity, int]] = []
+        self.errors: Counter[str] = Counter()
+        self.connects = 0
+        self._call: Any = None
+        self._stopping = False
+
+    async def run(self) -> None:
+        while not self._stopping:
+            stub = self.stubs[self.connects % len(self.stubs)]
+            self.connects += 1
+            self._call = stub.WatchConfigs(pb.WatchConfigsRequest(cursor=self.cursor))
+            try:
+                async for message in self._call:
+                    what = message.WhichOneof("event")
+                    if what in ("snapshot", "config_changed"):
+                        c = getattr(message, what)
+                        identity = (c.key, c.scope, c.tenant_id)
+                        if what == "snapshot":
+                            self.snapshot[identity] = int(c.etag)
+                        else:
+                            self.changes.append((identity, int(c.etag)))
+                    if message.cursor:
+                        self.cursor = message.cursor
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.CANCELLED or not self._stopping:
+                    self.errors[error.code().name] += 1
+            except asyncio.CancelledError:
+                return
+            await asyncio.sleep(0.1)
+
+    def latest(self, identity: Identity) -> int:
+        versions = [v for i, v in self.changes if i == identity]
+        return max([self.snapshot.get(identity, 0), *versions])
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self._call is not None:
+            self._call.cancel()
+
+    def check_complete(self, identity: Identity, final: int) -> None:
+        """Every version after the snapshot arrived exactly once, in order."""
+        start = self.snapshot.get(identity, 0)
+        got = [v for i, v in self.changes if i == identity]
+        assert got == list(range(start + 1, final + 1)), (identity, start, got, final)
+
+
+def final_versions(conninfo: str) -> dict[Identity, int]:
+    with psycopg.connect(
+        conninfo, autocommit=True, options="-c search_path=platform_admin"
+    ) as conn:
+        rows = conn.execute(
+            "SELECT tenant_id, version FROM platform_configs WHERE key = %s AND scope = 'TENANT'",
+            (PWD,),
+        ).fetchall()
+    return {(PWD, pb.CONFIG_SCOPE_TENANT, t): v for t, v in rows}

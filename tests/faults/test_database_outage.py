@@ -28,9 +28,11 @@ from storage.migrate import migrate
 from tests.conftest import TEST_SETTINGS
 from tests.faults.support import (
     PWD,
+    ConfigSubscriber,
     OwnCluster,
     Recorder,
     audit_writes,
+    final_versions,
     set_tenant,
     tenants,
     wait_for,
@@ -39,6 +41,7 @@ from tests.faults.support import (
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]
 
 DEADLINE_S = 3.0
+SUBSCRIBERS = 5
 OK, UNAVAILABLE = grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -58,7 +61,11 @@ def cluster() -> Iterator[OwnCluster]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-async def test_postgres_stopped_and_restarted_under_mixed_load(cluster: OwnCluster) -> None:
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+async def test_postgres_stopped_and_restarted_under_mixed_load(
+    cluster: OwnCluster, mode: str
+) -> None:
+    """``fast``: an orderly stop; ``immediate``: as in a crash (WAL replay on restart)."""
     await migrate(cluster.conninfo)
     settings = replace(TEST_SETTINGS, pool_min=2, pool_max=8, pool_acquire_timeout_s=2.0)
     app = App(settings, cluster.conninfo, health_interval_s=0.2)
@@ -118,13 +125,15 @@ async def test_postgres_stopped_and_restarted_under_mixed_load(cluster: OwnClust
                     await asyncio.sleep(0.05)
                 return False
 
+            subscribers = [ConfigSubscriber(stub) for _ in range(SUBSCRIBERS)]
+            listening = [asyncio.create_task(sub.run()) for sub in subscribers]
             load = [asyncio.create_task(write_loop(t)) for t in writers]
             load += [asyncio.create_task(read_loop()) for _ in range(3)]
             load.append(asyncio.create_task(health_loop()))
             await asyncio.sleep(1.5)
             assert await status_is(SERVING, 1)
 
-            await asyncio.to_thread(cluster.stop, "fast")
+            await asyncio.to_thread(cluster.stop, mode)
             stopped_at = time.monotonic()
             assert await status_is(NOT_SERVING, 5), "health did not turn NOT_SERVING"
             await asyncio.sleep(2.0)
@@ -143,6 +152,17 @@ async def test_postgres_stopped_and_restarted_under_mixed_load(cluster: OwnClust
             stop.set()
             async with asyncio.timeout(DEADLINE_S * 3):
                 await asyncio.gather(*load)
+
+            # Subscribers catch up with the database: every change, once, in order.
+            final = final_versions(cluster.conninfo)
+
+            async def caught_up() -> bool:
+                return all(sub.latest(i) >= v for sub in subscribers for i, v in final.items())
+
+            assert await wait_for(caught_up, 20), "subscribers did not catch up"
+            for sub in subscribers:
+                sub.stop()
+            await asyncio.gather(*listening)
     finally:
         stop.set()
         await app.stop(grace=0)
@@ -162,3 +182,9 @@ async def test_postgres_stopped_and_restarted_under_mixed_load(cluster: OwnClust
     assert max(o.seconds for o in during) < DEADLINE_S
     assert any(o.code == OK and o.started < stopped_at for o in recorder.outcomes)
     audit_writes(cluster.conninfo, recorder.acked())
+    assert len(final) == len(writers)
+    for sub in subscribers:
+        assert set(sub.errors) <= {"UNAVAILABLE"}, sub.errors
+        for identity, version in final.items():
+            sub.check_complete(identity, version)
+    print(f"subscribers reconnected {[s.connects - 1 for s in subscribers]} times")
