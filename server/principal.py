@@ -49,4 +49,9 @@ def bind(principal: Principal) -> contextvars.Token[Principal]:
 
 
 def unbind(token: contextvars.Token[Principal]) -> None:
-    _current.reset(token)
+    try:
+        _current.reset(token)
+    except ValueError:
+        # A stream handler closed from another context (its task was cancelled while
+        # blocked in a write, the generator finalised later) has nothing to restore there.
+        pass

@@ -156,9 +156,17 @@ def error_reason(error: grpc.aio.AioRpcError) -> str:
 
 
 @contextlib.asynccontextmanager
-async def replica(db_url: str, settings: Settings, **changes: Any) -> AsyncIterator[App]:
-    """One more App on 127.0.0.1:0 in this event loop (a second replica)."""
+async def replica(
+    db_url: str, settings: Settings, sequencer: bool = True, **changes: Any
+) -> AsyncIterator[App]:
+    """One more App on 127.0.0.1:0 in this event loop (a second replica).
+
+    ``sequencer=False`` leaves sequencing to the other replicas, so this one learns of
+    new events only through NOTIFY and its poll.
+    """
     app = App(replace(settings, **changes), db_url)
+    if not sequencer:
+        app.background.remove(app.sequencer.run)
     await app.start()
     try:
         yield app
