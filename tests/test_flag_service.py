@@ -6,7 +6,7 @@ import asyncio
 import random
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -121,12 +121,15 @@ async def test_create_then_get_returns_the_flag_and_writes_one_event(flags, sql)
         "disabled_tenant_ids": [],
         "archived": False,
         "version": 1,
-        "create_time": created.create_time.ToDatetime().isoformat() + "+00:00",
-        "update_time": created.update_time.ToDatetime().isoformat() + "+00:00",
+        "create_time": payload["create_time"],
+        "update_time": payload["update_time"],
     }
-    assert datetime.fromisoformat(payload["create_time"]) == created.create_time.ToDatetime(
-        tzinfo=datetime.fromisoformat(payload["create_time"]).tzinfo
-    )
+    # ISO-8601 with an offset, the same instants the API shows.
+    for field, shown in (
+        ("create_time", created.create_time),
+        ("update_time", created.update_time),
+    ):
+        assert datetime.fromisoformat(payload[field]) == shown.ToDatetime(tzinfo=UTC)
     assert headers == {"changed_by": ""}  # auth off: anonymous
 
 
@@ -719,14 +722,6 @@ async def test_a_change_whose_outbox_row_fails_leaves_nothing(flags, sql):
 # --- WatchFlags plug-in point ----------------------------------------------------------------
 
 
-async def test_watch_flags_is_unimplemented_without_a_watch(flags):
-    stream = flags.WatchFlags(pb.WatchFlagsRequest())
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        async for _ in stream:
-            pass
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-
-
 class _FakeWatch:
     """Stands in for server/watch.py: echoes the request's keys as snapshot flags."""
 
@@ -735,17 +730,27 @@ class _FakeWatch:
             yield pb.WatchFlagsResponse(cursor=str(i), snapshot=pb.Flag(key=key))
 
 
-async def test_watch_flags_delegates_to_the_watch_object(app):
+async def _watch_through(servicer: FlagServicer, keys: list[str]) -> list[pb.WatchFlagsResponse]:
+    """Runs ``servicer`` alone on a loopback server and reads one WatchFlags stream."""
     server = grpc.aio.server()
-    flag_pb2_grpc.add_FlagServiceServicer_to_server(
-        FlagServicer(app.db, watch=_FakeWatch()), server
-    )
+    flag_pb2_grpc.add_FlagServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = flag_pb2_grpc.FlagServiceStub(channel)
-            got = [m async for m in stub.WatchFlags(pb.WatchFlagsRequest(keys=["a", "b"]))]
+            request = pb.WatchFlagsRequest(keys=keys)
+            return [m async for m in stub.WatchFlags(request, timeout=10)]
     finally:
         await server.stop(0)
+
+
+async def test_watch_flags_delegates_to_the_watch_object(app):
+    got = await _watch_through(FlagServicer(app.db, watch=_FakeWatch()), ["a", "b"])
     assert [(m.cursor, m.snapshot.key) for m in got] == [("0", "a"), ("1", "b")]
+
+
+async def test_watch_flags_is_unimplemented_without_a_watch(app):
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _watch_through(FlagServicer(app.db), [])
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
