@@ -6,6 +6,7 @@ The call pipeline sets it once per call (server/pipeline.py); servicers read it 
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 from dataclasses import dataclass
 
@@ -49,9 +50,7 @@ def bind(principal: Principal) -> contextvars.Token[Principal]:
 
 
 def unbind(token: contextvars.Token[Principal]) -> None:
-    try:
+    # A stream handler closed from another context (its task was cancelled while blocked
+    # in a write, the generator finalised later) has nothing to restore there.
+    with contextlib.suppress(ValueError):
         _current.reset(token)
-    except ValueError:
-        # A stream handler closed from another context (its task was cancelled while
-        # blocked in a write, the generator finalised later) has nothing to restore there.
-        pass

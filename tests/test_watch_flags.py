@@ -13,8 +13,8 @@ from server.app import App
 from server.settings import Settings
 from storage import stream
 from tests.watch_helpers import (
-    channel_to,
     change_flag,
+    channel_to,
     commit_flag,
     connect,
     error_reason,

@@ -4,7 +4,9 @@ long transactions, shutdown."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
+from collections.abc import Callable
 
 import grpc
 import psycopg
@@ -68,8 +70,11 @@ async def test_listen_connection_killed_during_writes_delivery_continues_within_
         await w.stop()
 
 
-async def _until(condition: object, step: float = 0.02) -> None:
-    while not condition():  # type: ignore[operator]
+async def _until(condition: Callable[[], bool], step: float = 0.02) -> None:
+    """Polls until ``condition`` holds (callers bound it with a timeout)."""
+    for _ in itertools.count():
+        if condition():
+            return
         await asyncio.sleep(step)
 
 
@@ -159,8 +164,9 @@ async def test_client_cancel_unregisters_without_leaks(
     await asyncio.wait_for(_until(lambda: app.watch.open_streams == 0), 10)
     assert all(not subs for subs in app.watch._live.values())
     # No task outlives its stream (measured from here, without helper tasks of our own).
-    deadline = time.monotonic() + 10
-    while len(asyncio.all_tasks()) > baseline and time.monotonic() < deadline:
+    for _ in range(200):
+        if len(asyncio.all_tasks()) <= baseline:
+            break
         await asyncio.sleep(0.05)
     assert len(asyncio.all_tasks()) <= baseline, [t.get_coro() for t in asyncio.all_tasks()]
 
