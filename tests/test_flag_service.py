@@ -754,3 +754,26 @@ async def test_watch_flags_is_unimplemented_without_a_watch(app):
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await _watch_through(FlagServicer(app.db), [])
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_the_change_stream_shows_exactly_what_the_rpcs_return(flags):
+    """WatchFlags (fed by the outbox payloads) and the unary RPCs agree field for field."""
+    created = await create(flags, description="stream me", default_enabled=True)
+    await override(flags, TENANT_B, DISABLED)
+    current = (await flags.GetFlag(pb.GetFlagRequest(key="checkout.new-flow"))).flag
+    stream = flags.WatchFlags(pb.WatchFlagsRequest(keys=["checkout.new-flow"]), timeout=20)
+    snapshot = await stream.read()
+    assert snapshot.snapshot == current and created.etag == "1"
+    end = await stream.read()
+    assert end.HasField("snapshot_end")
+    changes = [
+        await override(flags, TENANT_A, ENABLED),
+        (await flags.ArchiveFlag(pb.ArchiveFlagRequest(key="checkout.new-flow"))).flag,
+    ]
+    seen = []
+    while len(seen) < len(changes):
+        message = await stream.read()
+        if message.HasField("flag_changed"):
+            seen.append(message.flag_changed)
+    stream.cancel()
+    assert seen == changes
