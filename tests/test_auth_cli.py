@@ -24,6 +24,12 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def server_env(**extra: str) -> dict[str, str]:
+    """Overrides for start_server (which sets DATABASE_URL itself): no inherited keys."""
+    blank = ("JWT_SECRET", "JWT_PUBLIC_KEY_FILE", "JWT_ISSUER", "JWT_AUDIENCE", "AUTH")
+    return {**{f"PLATFORM_ADMIN_{name}": "" for name in blank}, **extra}
+
+
 def platform_admin(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [PLATFORM_ADMIN, *args],
@@ -72,7 +78,7 @@ def test_serve_refuses_auth_jwt_without_a_key(db_url):
 
 
 def test_serve_on_loopback_without_keys_is_dev_mode_and_says_so(db_url, tmp_path):
-    server = start_server(db_url, tmp_path, env=clean_env())
+    server = start_server(db_url, tmp_path, env=server_env())
     try:
         log = server.log()
         assert "WARNING" in log and "AUTHENTICATION IS OFF" in log
@@ -83,8 +89,8 @@ def test_serve_on_loopback_without_keys_is_dev_mode_and_says_so(db_url, tmp_path
         assert stop_server(server) == 0
 
 
-def test_tokens_from_the_token_command_are_accepted_by_the_server(db_url, tmp_path):
-    server = start_server(db_url, tmp_path, env=clean_env(PLATFORM_ADMIN_JWT_SECRET=SECRET))
+def test_tokens_from_the_token_command_are_accepted_by_the_server(db_url, tmp_path, sql):
+    server = start_server(db_url, tmp_path, env=server_env(PLATFORM_ADMIN_JWT_SECRET=SECRET))
     try:
         assert "AUTHENTICATION IS OFF" not in server.log()
         admin = {"authorization": f"Bearer {token('--sub', SUB, '--role', 'platform_admin')}"}
@@ -101,6 +107,9 @@ def test_tokens_from_the_token_command_are_accepted_by_the_server(db_url, tmp_pa
         assert got["config"]["value"]["int_value"] == "16"
         history = server.call(f"{CONFIG}/ListConfigHistory", row, headers=tenant)
         assert [e["changed_by"] for e in history["entries"]] == [SUB]
+        # ... written to this test's database, by that principal.
+        stored = sql.execute("SELECT changed_by FROM config_history").fetchall()
+        assert stored == [(SUB,)]
 
         other = server.grpcurl(
             f"{CONFIG}/GetConfig", {**row, "tenant_id": TENANT_B}, headers=tenant
