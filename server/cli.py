@@ -7,7 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 
@@ -15,6 +15,7 @@ from server import logs, workers
 from server.pipeline import AllowAll, Authorizer
 from server.principal import ALL_ROLES
 from server.settings import Settings, SettingsError
+from storage.db import Database
 from storage.migrate import migrate
 
 log = logging.getLogger("platform_admin")
@@ -174,16 +175,60 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _prune_outbox(db: Database) -> int:
+    from storage import stream
+
+    return await stream.prune(db)
+
+
+# Retention jobs of `platform-admin prune`, in order: name -> job(db) returning rows removed.
+# Each job is batched and takes its own advisory lock, so every replica may run it (cron).
+PRUNE_JOBS: dict[str, Callable[[Database], Awaitable[int]]] = {
+    "outbox": _prune_outbox,
+}
+
+
+def prune_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=sorted(PRUNE_JOBS),
+        help="run only this job; repeat for several (default: all)",
+    )
+
+
+def cmd_prune(settings: Settings, args: argparse.Namespace) -> int:
+    from server.app import pool_settings
+
+    _, conninfo = database_url(settings)
+    chosen = [name for name in PRUNE_JOBS if not args.only or name in args.only]
+
+    async def run() -> None:
+        db = Database(pool_settings(settings, conninfo))
+        await db.open()
+        try:
+            for name in chosen:
+                removed = await PRUNE_JOBS[name](db)
+                print(f"{name}: removed {removed}")
+        finally:
+            await db.close()
+
+    asyncio.run(run())
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable[[Settings, argparse.Namespace], int]]] = {
     "serve": ("run the gRPC server", cmd_serve),
     "migrate": ("apply pending database migrations and exit", cmd_migrate),
     "token": ("print a bearer token signed with PLATFORM_ADMIN_JWT_SECRET", cmd_token),
+    "prune": ("apply retention: delete rows past their retention period", cmd_prune),
 }
 
 
 # Commands that take their own arguments.
 ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "token": token_arguments,
+    "prune": prune_arguments,
 }
 
 
