@@ -18,11 +18,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from platform_admin.v1 import config_pb2, config_pb2_grpc, flag_pb2, flag_pb2_grpc
 
+from server import metrics
 from server.access_log import AccessLog
 from server.config_service import ConfigServicer
 from server.flag_service import FlagServicer
 from server.metrics import MetricsServer, RpcMetrics
 from server.pipeline import AllowAll, Authorizer, CallObserver, Pipeline
+from server.read_model import ReadModel
 from server.settings import Settings
 from server.tail import Sequencer, Tail
 from server.watch import Watch
@@ -34,6 +36,8 @@ SERVICE_NAMES = [
     config_pb2.DESCRIPTOR.services_by_name["ConfigService"].full_name,
     flag_pb2.DESCRIPTOR.services_by_name["FlagService"].full_name,
 ]
+# grpc.health.v1 service name that is SERVING while the in-memory read model is current.
+READ_MODEL_HEALTH = "platform_admin.v1.ReadModel"
 MAX_RECEIVE_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_CONCURRENT_STREAMS = 1024
 
@@ -92,6 +96,8 @@ class App:
         ]
         # The /metrics listener; `serve` starts it (tests may too).
         self.metrics = MetricsServer(self.db)
+        # Every flag and config in memory, fed by the tail: Evaluate*/Resolve* never query.
+        self.read_model = ReadModel(self.db, self.tail)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -101,8 +107,10 @@ class App:
             self._watch_database,
             self.tail.run,
             self.sequencer.run,
+            self.read_model.run,
         ]
         self._serving: bool | None = None
+        self._fresh: bool | None = None
 
     async def start(self) -> int:
         await self.db.open(wait=False)
@@ -113,10 +121,10 @@ class App:
             options=server_options(self.reuse_port),
         )
         config_pb2_grpc.add_ConfigServiceServicer_to_server(
-            ConfigServicer(self.db, watch=self.watch), server
+            ConfigServicer(self.db, watch=self.watch, read_model=self.read_model), server
         )
         flag_pb2_grpc.add_FlagServiceServicer_to_server(
-            FlagServicer(self.db, watch=self.watch), server
+            FlagServicer(self.db, watch=self.watch, read_model=self.read_model), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -127,6 +135,10 @@ class App:
         else:
             self.port = server.add_secure_port(self.settings.listen, self.credentials)
         await self._set_serving(await self.db.ping())
+        # Loaded before the port answers, so the first call sees every flag and config; if the
+        # database is down now, the read model's background job keeps trying.
+        await self.read_model.try_load(timeout=max(5.0, self.settings.statement_timeout_ms / 1000))
+        await self._set_fresh()
         await server.start()
         self.server = server
         for job in self.background:
@@ -149,11 +161,37 @@ class App:
         else:
             log.warning("database unreachable: NOT_SERVING")
 
+    async def _set_fresh(self) -> None:
+        """READ_MODEL_HEALTH is SERVING while the in-memory answers are known to be current.
+
+        While the database is unreachable, Evaluate*/Resolve* keep answering from the last
+        state; this status (and platform_admin_read_model_age_seconds) says it may be stale.
+        """
+        at = self.read_model.current_at
+        if at is not None:
+            metrics.read_model_current(at)
+        fresh = not self.read_model.stale
+        if fresh == self._fresh:
+            return
+        self._fresh = fresh
+        await self.health.set(
+            READ_MODEL_HEALTH,
+            health_pb2.HealthCheckResponse.SERVING
+            if fresh
+            else health_pb2.HealthCheckResponse.NOT_SERVING,
+        )
+        if not fresh and self.read_model.loaded.is_set():
+            log.warning(
+                "read model may be stale: answering from the state of %.0fs ago",
+                self.read_model.age() or 0.0,
+            )
+
     async def _watch_database(self) -> None:
         """Health follows the database: NOT_SERVING while it does not answer."""
         while True:
             await asyncio.sleep(self.health_interval_s)
             await self._set_serving(await self.db.ping(timeout=self.health_interval_s * 2))
+            await self._set_fresh()
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.shutdown_grace_s if grace is None else grace
@@ -172,4 +210,5 @@ class App:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        self.read_model.stop()
         await self.db.close()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, cast
 
 import grpc
 from platform_admin.v1 import config_pb2, config_pb2_grpc
@@ -27,6 +27,7 @@ from server.convert import (
     value_from_proto,
     value_to_proto,
 )
+from server.read_model import ReadModel
 from storage import configs
 from storage.configs import ConfigRow, HistoryRow
 from storage.db import Database
@@ -125,9 +126,22 @@ class ConfigWatch(Protocol):
 
 
 class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
-    def __init__(self, db: Database, watch: ConfigWatch | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        watch: ConfigWatch | None = None,
+        read_model: ReadModel | None = None,
+    ) -> None:
         self.db = db
         self.watch = watch
+        # Resolution answers from memory when set (server/read_model.py); writes feed it.
+        self.read_model = read_model
+
+    def _wrote(self, row: ConfigRow) -> ConfigRow:
+        """Read-your-writes: this process resolves with the new state from now on."""
+        if self.read_model is not None:
+            self.read_model.apply_config_row(row)
+        return row
 
     def _actor(self) -> str | None:
         return principal_ctx.current().subject
@@ -192,7 +206,9 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         )
         description = config_keys.check_description("description", request.description)
         expected = parse_etag("etag", request.etag)
-        row = await configs.set_value(self.db, target, value, description, expected, self._actor())
+        row = self._wrote(
+            await configs.set_value(self.db, target, value, description, expected, self._actor())
+        )
         return config_pb2.SetConfigResponse(config=config_to_proto(row))
 
     async def ArchiveConfig(
@@ -200,7 +216,9 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
     ) -> config_pb2.ArchiveConfigResponse:
         _, target = _target(request, for_write=True)
         expected = parse_etag("etag", request.etag)
-        row = await configs.set_archived(self.db, target, True, expected, self._actor())
+        row = self._wrote(
+            await configs.set_archived(self.db, target, True, expected, self._actor())
+        )
         return config_pb2.ArchiveConfigResponse(config=config_to_proto(row))
 
     async def UnarchiveConfig(
@@ -208,7 +226,9 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
     ) -> config_pb2.UnarchiveConfigResponse:
         _, target = _target(request, for_write=True)
         expected = parse_etag("etag", request.etag)
-        row = await configs.set_archived(self.db, target, False, expected, self._actor())
+        row = self._wrote(
+            await configs.set_archived(self.db, target, False, expected, self._actor())
+        )
         return config_pb2.UnarchiveConfigResponse(config=config_to_proto(row))
 
     def _resolve_scope(
@@ -226,6 +246,8 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
     ) -> config_pb2.ResolveConfigResponse:
         spec = config_keys.spec_for("key", request.key)
         tenant, node = self._resolve_scope("tenant_id", request.tenant_id, request.node_id)
+        if self.read_model is not None:
+            return self.read_model.resolve_config(spec, tenant, node)
         live = await configs.live_values_for(self.db, [spec.key], tenant, node)
         value, scope = resolve(spec, live.get(spec.key, {}))
         return config_pb2.ResolveConfigResponse(
@@ -241,6 +263,12 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         keys = sorted(set(request.keys)) if request.keys else sorted(config_keys.ALLOW_LIST)
         specs = [config_keys.spec_for(f"keys[{i}]", k) for i, k in enumerate(keys)]
         tenant, node = self._resolve_scope("tenant_id", request.tenant_id, request.node_id)
+        if self.read_model is not None:
+            # Encoded bytes, passed through by the pipeline (see server/read_model.py).
+            return cast(
+                config_pb2.ResolveConfigsResponse,
+                self.read_model.resolve_configs(specs, tenant, node),
+            )
         live = await configs.live_values_for(self.db, keys, tenant, node)
         response = config_pb2.ResolveConfigsResponse()
         for spec in specs:

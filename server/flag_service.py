@@ -8,7 +8,7 @@ stream can evolve without touching this module.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 import grpc
 from platform_admin.v1 import flag_pb2, flag_pb2_grpc
@@ -21,6 +21,7 @@ from domain.flags import Evaluation, Override, Reason
 from domain.ids import check_ulid
 from server import principal as principal_ctx
 from server.convert import timestamp
+from server.read_model import ReadModel
 from storage import flags
 from storage.db import Database
 from storage.flags import FlagRow
@@ -88,9 +89,19 @@ def _evaluation_tenant(tenant_id: str) -> str:
 
 
 class FlagServicer(flag_pb2_grpc.FlagServiceServicer):
-    def __init__(self, db: Database, watch: FlagWatch | None = None) -> None:
+    def __init__(
+        self, db: Database, watch: FlagWatch | None = None, read_model: ReadModel | None = None
+    ) -> None:
         self.db = db
         self.watch = watch
+        # Evaluations answer from memory when set (server/read_model.py); writes feed it.
+        self.read_model = read_model
+
+    def _wrote(self, row: FlagRow) -> FlagRow:
+        """Read-your-writes: this process answers with the new state from now on."""
+        if self.read_model is not None:
+            self.read_model.apply_flag_row(row)
+        return row
 
     def _actor(self) -> str | None:
         return principal_ctx.current().subject
@@ -102,7 +113,9 @@ class FlagServicer(flag_pb2_grpc.FlagServiceServicer):
         key = _checked(errors, rules.check_key, "key", request.key)
         description = _checked(errors, rules.check_description, "description", request.description)
         errors.raise_if_any()
-        row = await flags.create(self.db, key, description, request.default_enabled, self._actor())
+        row = self._wrote(
+            await flags.create(self.db, key, description, request.default_enabled, self._actor())
+        )
         return flag_pb2.CreateFlagResponse(flag=flag_to_proto(row))
 
     async def GetFlag(
@@ -162,6 +175,7 @@ class FlagServicer(flag_pb2_grpc.FlagServiceServicer):
             expected_version=expected,
             actor=self._actor(),
         )
+        self._wrote(row)
         return flag_pb2.UpdateFlagResponse(flag=flag_to_proto(row))
 
     async def SetTenantOverride(
@@ -186,7 +200,9 @@ class FlagServicer(flag_pb2_grpc.FlagServiceServicer):
             errors.violations.extend(exc.violations)
         errors.raise_if_any()
         assert override is not None
-        row = await flags.set_override(self.db, key, tenant, override, expected, self._actor())
+        row = self._wrote(
+            await flags.set_override(self.db, key, tenant, override, expected, self._actor())
+        )
         return flag_pb2.SetTenantOverrideResponse(flag=flag_to_proto(row))
 
     async def _set_archived(self, key: str, etag: str, archived: bool) -> FlagRow:
@@ -198,7 +214,9 @@ class FlagServicer(flag_pb2_grpc.FlagServiceServicer):
         except InvalidArgument as exc:
             errors.violations.extend(exc.violations)
         errors.raise_if_any()
-        return await flags.set_archived(self.db, checked_key, archived, expected, self._actor())
+        return self._wrote(
+            await flags.set_archived(self.db, checked_key, archived, expected, self._actor())
+        )
 
     async def ArchiveFlag(
         self, request: flag_pb2.ArchiveFlagRequest, context: grpc.aio.ServicerContext
@@ -217,6 +235,8 @@ class FlagServicer(flag_pb2_grpc.FlagServiceServicer):
     ) -> flag_pb2.EvaluateFlagResponse:
         key = rules.check_key("key", request.key)
         tenant = _evaluation_tenant(request.tenant_id)
+        if self.read_model is not None:
+            return self.read_model.evaluate_flag(key, tenant)
         evaluation = (await flags.get(self.db, key)).evaluate(tenant)
         return flag_pb2.EvaluateFlagResponse(
             enabled=evaluation.enabled, reason=REASON_TO_PROTO[evaluation.reason]
@@ -229,6 +249,11 @@ class FlagServicer(flag_pb2_grpc.FlagServiceServicer):
             raise InvalidArgument.field("keys", f"at most {rules.MAX_EVALUATE_KEYS} keys per call")
         keys = [rules.check_key(f"keys[{i}]", k) for i, k in enumerate(request.keys)]
         tenant = _evaluation_tenant(request.tenant_id)
+        if self.read_model is not None:
+            # Encoded bytes, passed through by the pipeline (see server/read_model.py).
+            return cast(
+                flag_pb2.EvaluateFlagsResponse, self.read_model.evaluate_flags(tenant, keys)
+            )
         response = flag_pb2.EvaluateFlagsResponse()
         if not keys:
             for live in await flags.live(self.db):

@@ -78,6 +78,24 @@ def _domain_error(exc: BaseException, method: str) -> DomainError:
     return INTERNAL
 
 
+def _passing_bytes(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """The response serializer, except that an already encoded answer goes out unchanged.
+
+    The read model (server/read_model.py) caches hot answers as encoded bytes; a handler
+    returning bytes skips building and serializing the message on every call.
+    """
+    if serialize is None:
+        return None
+
+    def serializer(response: Any) -> bytes:
+        if response.__class__ is bytes:
+            encoded: bytes = response
+            return encoded
+        return serialize(response)
+
+    return serializer
+
+
 class Pipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(
         self,
@@ -180,7 +198,7 @@ class Pipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return grpc.unary_unary_rpc_method_handler(
                 unary,
                 request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                response_serializer=_passing_bytes(handler.response_serializer),
             )
 
         if handler.unary_stream is not None:

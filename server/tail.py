@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 import psycopg
@@ -63,6 +64,8 @@ class Tail:
         # The LISTEN connection's backend pid (tests terminate it to prove recovery).
         self.listen_pid: int | None = None
         self.reconnects = 0
+        # Wall-clock time of the last read that reached the head (the read model's freshness).
+        self.caught_up_at: float | None = None
 
     def add_listener(self, callback: Listener) -> None:
         self._listeners.append(callback)
@@ -96,7 +99,9 @@ class Tail:
                     pass
                 self._wake.clear()
                 try:
+                    reading_at = time.time()
                     await self._read_all()
+                    self.caught_up_at = reading_at
                 except Exception as exc:
                     log.warning("change stream read failed (retrying at next poll): %s", exc)
         finally:
@@ -115,6 +120,7 @@ class Tail:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _BACKOFF_MAX_S)
         self._advance(head, [])
+        self.caught_up_at = time.time()
         self.ready.set()
 
     async def _read_all(self) -> None:

@@ -1,0 +1,209 @@
+"""The in-memory read model's state: every flag and config, and the answers derived from them.
+
+Pure: no gRPC, no SQL, no clock. States come from change-event payloads (the outbox
+carries the full new state with its version), so loading a snapshot and applying the
+change stream are the same operation. Every apply is guarded by version: a state is
+taken only when it is newer than the one held, so replays, the overlap between a
+snapshot and the stream, and a writer applying its own result in any order all converge
+on the newest state.
+
+Besides the rows, the state keeps the indexes the hot path needs:
+
+* flags: per tenant, the flags whose lists name it (an override), so evaluating every
+  flag for a tenant is "the defaults" plus that tenant's few overrides;
+* configs: the live value per key at PLATFORM scope, per tenant, per node, so resolution
+  is at most three dictionary look-ups.
+
+Each apply reports what it invalidates (:class:`Change`) so response caches can drop
+exactly the entries that depended on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from domain.config_keys import ConfigKeySpec, ConfigValue, Scope
+from domain.flags import Evaluation, Reason, evaluate
+
+_SCOPES = {s.value: s for s in Scope}
+
+
+@dataclass(frozen=True, slots=True)
+class FlagState:
+    key: str
+    default_enabled: bool
+    enabled: frozenset[str]
+    disabled: frozenset[str]
+    archived: bool
+    version: int
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> FlagState:
+        return cls(
+            key=payload["key"],
+            default_enabled=bool(payload["default_enabled"]),
+            enabled=frozenset(payload["enabled_tenant_ids"]),
+            disabled=frozenset(payload["disabled_tenant_ids"]),
+            archived=bool(payload["archived"]),
+            version=int(payload["version"]),
+        )
+
+    def evaluate(self, tenant_id: str) -> Evaluation:
+        return evaluate(
+            default_enabled=self.default_enabled,
+            enabled_tenant_ids=self.enabled,
+            disabled_tenant_ids=self.disabled,
+            archived=self.archived,
+            tenant_id=tenant_id,
+        )
+
+    def default_evaluation(self) -> Evaluation:
+        """The answer for a tenant in neither list."""
+        return self.evaluate("")
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigState:
+    key: str
+    scope: Scope
+    tenant_id: str | None
+    node_id: str | None
+    value: ConfigValue
+    archived: bool
+    version: int
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> ConfigState:
+        return cls(
+            key=payload["key"],
+            scope=_SCOPES[payload["scope"]],
+            tenant_id=payload.get("tenant_id"),
+            node_id=payload.get("node_id"),
+            value=payload["value"],
+            archived=bool(payload["archived"]),
+            version=int(payload["version"]),
+        )
+
+    @property
+    def identity(self) -> tuple[str, Scope, str | None, str | None]:
+        return (self.key, self.scope, self.tenant_id, self.node_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What an applied state invalidates: everything, or the answers of some tenants/nodes."""
+
+    everyone: bool = False
+    tenants: frozenset[str] = frozenset()
+    nodes: frozenset[str] = frozenset()
+
+
+NOTHING = Change()
+EVERYONE = Change(everyone=True)
+
+
+class ReadState:
+    """Every flag and config by identity, with the hot-path indexes kept in step."""
+
+    def __init__(self) -> None:
+        self.flags: dict[str, FlagState] = {}
+        # tenant -> keys of the flags whose enabled or disabled list names it
+        self.overrides: dict[str, set[str]] = {}
+        self.configs: dict[tuple[str, Scope, str | None, str | None], ConfigState] = {}
+        self.platform_values: dict[str, ConfigValue] = {}
+        self.tenant_values: dict[str, dict[str, ConfigValue]] = {}
+        self.node_values: dict[str, dict[str, ConfigValue]] = {}
+
+    # --- flags ----------------------------------------------------------------------------
+
+    def apply_flag(self, state: FlagState) -> Change:
+        old = self.flags.get(state.key)
+        if old is not None and old.version >= state.version:
+            return NOTHING
+        self.flags[state.key] = state
+        old_named = (old.enabled | old.disabled) if old is not None else frozenset()
+        new_named = state.enabled | state.disabled
+        for tenant in old_named - new_named:
+            keys = self.overrides.get(tenant)
+            if keys is not None:
+                keys.discard(state.key)
+                if not keys:
+                    del self.overrides[tenant]
+        for tenant in new_named - old_named:
+            self.overrides.setdefault(tenant, set()).add(state.key)
+        if (
+            old is None
+            or old.default_enabled != state.default_enabled
+            or old.archived != state.archived
+        ):
+            return EVERYONE  # every tenant's answer (or the set of live flags) changed
+        moved = (old.enabled ^ state.enabled) | (old.disabled ^ state.disabled)
+        return Change(tenants=frozenset(moved)) if moved else NOTHING
+
+    def flag(self, key: str) -> FlagState | None:
+        return self.flags.get(key)
+
+    def live_flags(self) -> list[FlagState]:
+        """Every unarchived flag, ordered by key."""
+        return sorted((f for f in self.flags.values() if not f.archived), key=lambda f: f.key)
+
+    def tenant_overrides(self, tenant_id: str) -> Iterable[FlagState]:
+        """The flags whose lists name ``tenant_id`` (its answers differ from the defaults)."""
+        flags = self.flags
+        return [flags[k] for k in self.overrides.get(tenant_id, ())]
+
+    # --- configs --------------------------------------------------------------------------
+
+    def apply_config(self, state: ConfigState) -> Change:
+        identity = state.identity
+        old = self.configs.get(identity)
+        if old is not None and old.version >= state.version:
+            return NOTHING
+        self.configs[identity] = state
+        if state.scope is Scope.PLATFORM:
+            table = self.platform_values
+            change = EVERYONE
+        elif state.scope is Scope.TENANT:
+            assert state.tenant_id is not None
+            table = self.tenant_values.setdefault(state.tenant_id, {})
+            change = Change(tenants=frozenset((state.tenant_id,)))
+        else:
+            assert state.node_id is not None
+            table = self.node_values.setdefault(state.node_id, {})
+            change = Change(nodes=frozenset((state.node_id,)))
+        if state.archived:
+            table.pop(state.key, None)  # resolution skips archived rows
+        else:
+            table[state.key] = state.value
+        return change
+
+    def resolve(
+        self, spec: ConfigKeySpec, tenant_id: str | None, node_id: str | None
+    ) -> tuple[ConfigValue, Scope | None]:
+        """NODE > TENANT > PLATFORM > the key's default (domain/resolution.py's rule)."""
+        key = spec.key
+        if node_id is not None:
+            values = self.node_values.get(node_id)
+            if values is not None and key in values:
+                return values[key], Scope.NODE
+        if tenant_id is not None:
+            values = self.tenant_values.get(tenant_id)
+            if values is not None and key in values:
+                return values[key], Scope.TENANT
+        if key in self.platform_values:
+            return self.platform_values[key], Scope.PLATFORM
+        return spec.default, None
+
+
+__all__ = [
+    "EVERYONE",
+    "NOTHING",
+    "Change",
+    "ConfigState",
+    "Evaluation",
+    "FlagState",
+    "ReadState",
+    "Reason",
+]

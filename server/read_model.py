@@ -1,0 +1,377 @@
+"""The in-memory read model: Evaluate* and Resolve* answer from memory, never from SQL.
+
+Each server process holds every flag and config (domain/read_model.py). It is loaded at
+start from one REPEATABLE READ snapshot with the head seq (storage/read_model.py) and kept
+current by the same outbox tail that feeds the watch streams (server/tail.py): events
+after that head are applied in seq order, each taken only when its version is newer than
+the one held. Write RPCs also apply the row they return (version-guarded), so a client
+reads its own write from the same process at once; other processes converge within the
+tail latency (sequencer cadence plus one NOTIFY round trip).
+
+If the database goes away the model keeps answering from the last state it holds;
+``current_at`` stops advancing, which the health check and the
+``platform_admin_read_model_age_seconds`` gauge report (server/app.py).
+
+Answers are precomputed where that pays:
+
+* EvaluateFlag has five possible responses; they are allocated once and shared.
+* EvaluateFlags for every live flag is the encoded "defaults" response (rebuilt when a
+  flag's default, archiving or existence changes) followed by the encoding of the
+  tenant's few overrides. Protobuf defines concatenated encodings as a merge, and a later
+  map entry for a key replaces an earlier one, so the client decodes exactly the tenant's
+  answers; the per-tenant part is cached and dropped when a change names that tenant.
+* Other EvaluateFlags and ResolveConfig(s) answers are cached per tenant and request, and
+  dropped when a change could alter them (tenant list, tenant or node row, or anything
+  that affects every tenant).
+
+Cached answers are encoded bytes: the pipeline hands bytes to gRPC unchanged
+(server/pipeline.py), so a hot call neither builds nor serializes a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from platform_admin.v1 import config_pb2, flag_pb2
+
+from domain import read_model as rm
+from domain.config_keys import ConfigKeySpec
+from domain.errors import NotFound, Unavailable
+from domain.flags import Evaluation, Reason
+from server.convert import SCOPE_TO_PROTO, value_to_proto
+from storage import outbox, stream
+from storage.configs import ConfigRow
+from storage.db import Database
+from storage.flags import FlagRow
+from storage.read_model import load_all
+from storage.stream import ChangeEvent, CursorExpired
+
+log = logging.getLogger(__name__)
+
+REASON_TO_PROTO = {
+    Reason.DEFAULT: flag_pb2.EVALUATION_REASON_DEFAULT,
+    Reason.TENANT_ENABLED: flag_pb2.EVALUATION_REASON_TENANT_ENABLED,
+    Reason.TENANT_DISABLED: flag_pb2.EVALUATION_REASON_TENANT_DISABLED,
+    Reason.ARCHIVED: flag_pb2.EVALUATION_REASON_ARCHIVED,
+}
+# Every EvaluateFlag answer there can be, allocated once (never mutated after this).
+_EVALUATE_RESPONSES = {
+    Evaluation(enabled, reason): flag_pb2.EvaluateFlagResponse(
+        enabled=enabled, reason=REASON_TO_PROTO[reason]
+    )
+    for enabled in (False, True)
+    for reason in Reason
+}
+_EVALUATIONS = {
+    evaluation: flag_pb2.Evaluation(
+        enabled=evaluation.enabled, reason=REASON_TO_PROTO[evaluation.reason]
+    )
+    for evaluation in _EVALUATE_RESPONSES
+}
+# How long the model may go without catching up with the stream before it reports itself
+# stale (the tail polls every 0.25 s and is woken at once by each NOTIFY).
+STALE_AFTER_S = 5.0
+# Bounds of the answer caches (per process); past them a cache starts over.
+MAX_CACHED_TENANTS = 20_000
+MAX_ANSWERS_PER_TENANT = 64
+_RETRY_START_S = 0.1
+_RETRY_MAX_S = 5.0
+
+CacheKey = tuple[Any, ...]
+
+
+class _AnswerCache:
+    """Encoded answers per tenant (None for no tenant), dropped per tenant or all at once."""
+
+    def __init__(self) -> None:
+        self.by_tenant: dict[str | None, dict[CacheKey, Any]] = {}
+
+    def get(self, tenant: str | None, key: CacheKey) -> Any:
+        answers = self.by_tenant.get(tenant)
+        return None if answers is None else answers.get(key)
+
+    def put(self, tenant: str | None, key: CacheKey, answer: Any) -> None:
+        answers = self.by_tenant.get(tenant)
+        if answers is None:
+            if len(self.by_tenant) >= MAX_CACHED_TENANTS:
+                self.by_tenant.clear()
+            answers = self.by_tenant[tenant] = {}
+        elif len(answers) >= MAX_ANSWERS_PER_TENANT:
+            answers.clear()
+        answers[key] = answer
+
+    def drop(self, change: rm.Change) -> None:
+        if change.everyone or change.nodes:
+            # A node's answers are cached under every tenant that asked with that node.
+            self.by_tenant.clear()
+            return
+        for tenant in change.tenants:
+            self.by_tenant.pop(tenant, None)
+
+
+class ReadModel:
+    def __init__(self, db: Database, tail: Any, stale_after_s: float = STALE_AFTER_S) -> None:
+        self.db = db
+        self.tail = tail
+        self.stale_after_s = stale_after_s
+        self.state = rm.ReadState()
+        self.seq = -1  # every change up to this seq is reflected
+        self.loaded = asyncio.Event()
+        self.load_seconds: float | None = None
+        self._loaded_at: float | None = None
+        self._attached = False
+        self._buffer: list[ChangeEvent] | None = None
+        self._flag_answers = _AnswerCache()
+        self._config_answers = _AnswerCache()
+        self._defaults: bytes | None = None
+
+    # --- loading and following the stream ----------------------------------------------
+
+    async def load(self) -> None:
+        """Replaces the state with a fresh snapshot (raises a DomainError if unreachable)."""
+        started = time.perf_counter()
+        wall = time.time()
+        loaded = await load_all(self.db)
+        state = rm.ReadState()
+        for payload in loaded.flags:
+            state.apply_flag(rm.FlagState.from_payload(payload))
+        for payload in loaded.configs:
+            state.apply_config(rm.ConfigState.from_payload(payload))
+        self.state = state
+        self.seq = loaded.head_seq
+        self._flag_answers.drop(rm.EVERYONE)
+        self._config_answers.drop(rm.EVERYONE)
+        self._defaults = None
+        self._loaded_at = wall
+        self.load_seconds = time.perf_counter() - started
+        self.loaded.set()
+        log.info(
+            "read model loaded %d flags and %d configs at seq %d in %.0f ms",
+            len(state.flags),
+            len(state.configs),
+            self.seq,
+            self.load_seconds * 1000,
+        )
+
+    async def try_load(self, timeout: float) -> bool:
+        try:
+            async with asyncio.timeout(timeout):
+                await self.load()
+            return True
+        except Exception as exc:
+            log.warning("read model not loaded yet (retrying in the background): %s", exc)
+            return False
+
+    async def run(self) -> None:
+        """Background job: load (with back-off) if start could not, then follow the tail."""
+        delay = _RETRY_START_S
+        while not self.loaded.is_set():
+            try:
+                await self.load()
+            except Exception as exc:
+                log.warning("read model load failed (retry in %.1fs): %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX_S)
+        while True:
+            try:
+                await self._attach()
+                return
+            except CursorExpired:
+                # The snapshot is older than retention (a long outage at start): reload.
+                await self.load()
+            except Exception as exc:
+                log.warning("read model catch-up failed (retry in %.1fs): %s", delay, exc)
+                self.tail.remove_listener(self._on_events)
+                self._attached = False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX_S)
+
+    async def _attach(self) -> None:
+        await self.tail.ready.wait()
+        # Listener and head in one synchronous step: the listener gets every batch after
+        # ``head``; the gap between the snapshot and ``head`` is read here, and batches that
+        # arrive meanwhile wait in the buffer so the order stays by seq.
+        self._buffer = []
+        self.tail.add_listener(self._on_events)
+        self._attached = True
+        head = self.tail.head_seq
+        while self.seq < head:
+            events = await stream.read_after(self.db, self.seq, 1000, upto=head, subjects=_SUBJECTS)
+            if not events:
+                break
+            self._apply_events(events)
+            self.seq = max(self.seq, events[-1].seq)
+        self.seq = max(self.seq, head)
+        buffered, self._buffer = self._buffer, None
+        self._apply_events(buffered)
+
+    def _on_events(self, events: list[ChangeEvent]) -> None:
+        if self._buffer is not None:
+            self._buffer.extend(events)
+            return
+        self._apply_events(events)
+
+    def _apply_events(self, events: Sequence[ChangeEvent]) -> None:
+        for event in events:
+            if event.seq <= self.seq:
+                continue
+            self.seq = event.seq
+            if event.subject == outbox.FLAG_CHANGED:
+                self._apply_flag(rm.FlagState.from_payload(event.payload))
+            elif event.subject == outbox.CONFIG_CHANGED:
+                self._apply_config(rm.ConfigState.from_payload(event.payload))
+
+    def stop(self) -> None:
+        if self._attached:
+            self.tail.remove_listener(self._on_events)
+            self._attached = False
+
+    # --- writes of this process (read-your-writes) -------------------------------------
+
+    def apply_flag_row(self, row: FlagRow) -> None:
+        self._apply_flag(rm.FlagState.from_payload(row.event_payload()))
+
+    def apply_config_row(self, row: ConfigRow) -> None:
+        self._apply_config(rm.ConfigState.from_payload(row.event_payload()))
+
+    def _apply_flag(self, state: rm.FlagState) -> None:
+        change = self.state.apply_flag(state)
+        if change.everyone:
+            self._defaults = None
+        if change is not rm.NOTHING:
+            self._flag_answers.drop(change)
+
+    def _apply_config(self, state: rm.ConfigState) -> None:
+        change = self.state.apply_config(state)
+        if change is not rm.NOTHING:
+            self._config_answers.drop(change)
+
+    # --- freshness ----------------------------------------------------------------------
+
+    @property
+    def current_at(self) -> float | None:
+        """Wall-clock time at which the model last held every change (None before loading)."""
+        if self._loaded_at is None:
+            return None
+        if not self._attached or self._buffer is not None:
+            return self._loaded_at
+        caught_up = getattr(self.tail, "caught_up_at", None)
+        return max(self._loaded_at, caught_up) if caught_up is not None else self._loaded_at
+
+    def age(self) -> float | None:
+        at = self.current_at
+        return None if at is None else max(0.0, time.time() - at)
+
+    @property
+    def stale(self) -> bool:
+        age = self.age()
+        return age is None or age > self.stale_after_s
+
+    def _require_loaded(self) -> None:
+        if not self.loaded.is_set():
+            raise Unavailable(
+                "flags and configs are not loaded yet (the database is unreachable); retry",
+                reason="READ_MODEL_NOT_LOADED",
+            )
+
+    # --- answers ------------------------------------------------------------------------
+
+    def evaluate_flag(self, key: str, tenant_id: str) -> flag_pb2.EvaluateFlagResponse:
+        self._require_loaded()
+        flag = self.state.flags.get(key)
+        if flag is None:
+            raise NotFound(f"flag {key} does not exist")
+        return _EVALUATE_RESPONSES[flag.evaluate(tenant_id)]
+
+    def evaluate_flags(self, tenant_id: str, keys: Sequence[str]) -> bytes:
+        """Encoded EvaluateFlagsResponse: ``keys`` (request order), or every live flag."""
+        self._require_loaded()
+        cache_key = tuple(keys)
+        cached: bytes | None = self._flag_answers.get(tenant_id, cache_key)
+        if cached is None:
+            if keys:
+                cached = self._evaluate_keys(tenant_id, keys)
+            else:
+                cached = self._tenant_overrides(tenant_id)
+            self._flag_answers.put(tenant_id, cache_key, cached)
+        if keys:
+            return cached
+        return self._defaults_encoded() + cached
+
+    def _evaluate_keys(self, tenant_id: str, keys: Sequence[str]) -> bytes:
+        response = flag_pb2.EvaluateFlagsResponse()
+        flags = self.state.flags
+        evaluations = response.evaluations
+        for key in dict.fromkeys(keys):  # request order, each key once
+            flag = flags.get(key)
+            if flag is None:
+                response.missing_keys.append(key)
+            else:
+                evaluations[key].CopyFrom(_EVALUATIONS[flag.evaluate(tenant_id)])
+        return response.SerializeToString()
+
+    def _tenant_overrides(self, tenant_id: str) -> bytes:
+        """The entries where the tenant's answer differs from the default, encoded."""
+        response = flag_pb2.EvaluateFlagsResponse()
+        for flag in self.state.tenant_overrides(tenant_id):
+            if not flag.archived:
+                response.evaluations[flag.key].CopyFrom(_EVALUATIONS[flag.evaluate(tenant_id)])
+        return response.SerializeToString()
+
+    def _defaults_encoded(self) -> bytes:
+        if self._defaults is not None:
+            return self._defaults
+        response = flag_pb2.EvaluateFlagsResponse()
+        for flag in self.state.live_flags():
+            response.evaluations[flag.key].CopyFrom(_EVALUATIONS[flag.default_evaluation()])
+        encoded = response.SerializeToString(deterministic=True)
+        self._defaults = encoded
+        return encoded
+
+    def resolve_config(
+        self, spec: ConfigKeySpec, tenant_id: str | None, node_id: str | None
+    ) -> config_pb2.ResolveConfigResponse:
+        self._require_loaded()
+        cache_key = (spec.key, node_id)
+        cached: config_pb2.ResolveConfigResponse | None = self._config_answers.get(
+            tenant_id, cache_key
+        )
+        if cached is None:
+            value, scope = self.state.resolve(spec, tenant_id, node_id)
+            cached = config_pb2.ResolveConfigResponse(
+                value=value_to_proto(value),
+                source_scope=SCOPE_TO_PROTO[scope]
+                if scope
+                else config_pb2.CONFIG_SCOPE_UNSPECIFIED,
+            )
+            self._config_answers.put(tenant_id, cache_key, cached)
+        return cached
+
+    def resolve_configs(
+        self, specs: Sequence[ConfigKeySpec], tenant_id: str | None, node_id: str | None
+    ) -> bytes:
+        """Encoded ResolveConfigsResponse, one entry per spec in the given order."""
+        self._require_loaded()
+        cache_key = (tuple(s.key for s in specs), node_id, "all")
+        cached: bytes | None = self._config_answers.get(tenant_id, cache_key)
+        if cached is None:
+            response = config_pb2.ResolveConfigsResponse()
+            for spec in specs:
+                value, scope = self.state.resolve(spec, tenant_id, node_id)
+                response.configs.add(
+                    key=spec.key,
+                    value=value_to_proto(value),
+                    source_scope=SCOPE_TO_PROTO[scope]
+                    if scope
+                    else config_pb2.CONFIG_SCOPE_UNSPECIFIED,
+                )
+            cached = response.SerializeToString()
+            self._config_answers.put(tenant_id, cache_key, cached)
+        return cached
+
+
+_SUBJECTS = (outbox.FLAG_CHANGED, outbox.CONFIG_CHANGED)
