@@ -124,6 +124,8 @@ class ReadModel:
         self.load_seconds: float | None = None
         self._loaded_at: float | None = None
         self._attached = False
+        # Set once the model follows the tail (the snapshot's gap is closed).
+        self.attached = asyncio.Event()
         self._buffer: list[ChangeEvent] | None = None
         self._flag_answers = _AnswerCache()
         self._config_answers = _AnswerCache()
@@ -208,6 +210,7 @@ class ReadModel:
         self.seq = max(self.seq, head)
         buffered, self._buffer = self._buffer, None
         self._apply_events(buffered)
+        self.attached.set()
 
     def _on_events(self, events: list[ChangeEvent]) -> None:
         if self._buffer is not None:
@@ -229,6 +232,7 @@ class ReadModel:
         if self._attached:
             self.tail.remove_listener(self._on_events)
             self._attached = False
+            self.attached.clear()
 
     # --- writes of this process (read-your-writes) -------------------------------------
 
