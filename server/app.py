@@ -17,13 +17,17 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from platform_admin.v1 import config_pb2, config_pb2_grpc, flag_pb2, flag_pb2_grpc
+from platform_admin.v1 import health_pb2 as health_api_pb2
+from platform_admin.v1 import health_pb2_grpc as health_api_pb2_grpc
 
 from server import metrics
 from server.access_log import AccessLog
 from server.config_service import ConfigServicer
 from server.flag_service import FlagServicer
+from server.health_service import HealthServicer
 from server.metrics import MetricsServer, RpcMetrics
 from server.pipeline import AllowAll, Authorizer, CallObserver, Pipeline
+from server.prober import Prober, ProberConfig, prune_loop
 from server.read_model import ReadModel
 from server.settings import Settings
 from server.tail import Sequencer, Tail
@@ -35,6 +39,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAMES = [
     config_pb2.DESCRIPTOR.services_by_name["ConfigService"].full_name,
     flag_pb2.DESCRIPTOR.services_by_name["FlagService"].full_name,
+    health_api_pb2.DESCRIPTOR.services_by_name["HealthService"].full_name,
 ]
 # grpc.health.v1 service name that is SERVING while the in-memory read model is current.
 READ_MODEL_HEALTH = "platform_admin.v1.ReadModel"
@@ -109,6 +114,12 @@ class App:
             self.sequencer.run,
             self.read_model.run,
         ]
+        # Health probes and result retention (server/prober.py); timings come from settings
+        # so tests can run them fast.
+        self.prober = Prober(self.db, ProberConfig.from_settings(self.settings))
+        if self.settings.probe_enabled:
+            self.background.append(self.prober.run)
+        self.background.append(lambda: prune_loop(self.db, self.settings.health_prune_interval_s))
         self._serving: bool | None = None
         self._fresh: bool | None = None
 
@@ -125,6 +136,9 @@ class App:
         )
         flag_pb2_grpc.add_FlagServiceServicer_to_server(
             FlagServicer(self.db, watch=self.watch, read_model=self.read_model), server
+        )
+        health_api_pb2_grpc.add_HealthServiceServicer_to_server(
+            HealthServicer(self.db, self.prober.config.allow_list), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

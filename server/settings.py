@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TypedDict
 
+from domain.health import DEFAULT_ALLOWED_HOSTS, AllowList
+
 
 class SettingsError(ValueError):
     """A setting is missing or malformed; the message names it."""
@@ -55,6 +57,20 @@ def _listen(env: Mapping[str, str], name: str, default: str) -> str:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise SettingsError(f"{name}={raw!r}: expected HOST:PORT, e.g. 127.0.0.1:50051")
     return raw
+
+
+def _allowed_hosts(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return DEFAULT_ALLOWED_HOSTS
+    try:
+        AllowList.parse(raw)
+    except ValueError as exc:
+        raise SettingsError(
+            f"{name}: {exc}; expected a comma-separated list of IP networks, host names,"
+            " '*.suffix' patterns, or '*'"
+        ) from None
+    return tuple(entry.strip() for entry in raw.split(",") if entry.strip())
 
 
 def is_loopback(listen: str) -> bool:
@@ -150,6 +166,14 @@ class Settings:
     metrics_listen: str | None = "127.0.0.1:9464"
     access_log: bool = True
     pool_max_waiting: int = 1000
+    # Health prober (server/prober.py). The allow-list guards against server-side request
+    # forgery: entries are IP networks, host names or "*.suffix" patterns, "*" for anything.
+    probe_allowed_hosts: tuple[str, ...] = DEFAULT_ALLOWED_HOSTS
+    probe_timeout_s: float = 5.0
+    probe_poll_s: float = 1.0
+    probe_concurrency: int = 32
+    probe_enabled: bool = True
+    health_prune_interval_s: float = 3600.0
     # Security (server/auth.py, server/tls.py). auth is "jwt" or "off"; "off" only on loopback.
     auth: str = "off"
     jwt_secret: str | None = None
@@ -200,6 +224,15 @@ class Settings:
             access_log=_choice(env, "PLATFORM_ADMIN_ACCESS_LOG", "true", ("true", "false"))
             == "true",
             pool_max_waiting=_int(env, "PLATFORM_ADMIN_POOL_MAX_WAITING", 1000, 0, 1_000_000),
+            probe_allowed_hosts=_allowed_hosts(env, "PLATFORM_ADMIN_PROBE_ALLOWED_HOSTS"),
+            probe_timeout_s=_float(env, "PLATFORM_ADMIN_PROBE_TIMEOUT_S", 5.0, 0.1, 60),
+            probe_poll_s=_float(env, "PLATFORM_ADMIN_PROBE_POLL_S", 1.0, 0.01, 60),
+            probe_concurrency=_int(env, "PLATFORM_ADMIN_PROBE_CONCURRENCY", 32, 1, 1000),
+            probe_enabled=_choice(env, "PLATFORM_ADMIN_PROBE_ENABLED", "true", ("true", "false"))
+            == "true",
+            health_prune_interval_s=_float(
+                env, "PLATFORM_ADMIN_HEALTH_PRUNE_INTERVAL_S", 3600.0, 1, 86_400
+            ),
             **_security(env),
             extra={k: v for k, v in env.items() if k.startswith("PLATFORM_ADMIN_")},
         )
