@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -730,19 +731,24 @@ class _FakeWatch:
             yield pb.WatchFlagsResponse(cursor=str(i), snapshot=pb.Flag(key=key))
 
 
-async def _watch_through(servicer: FlagServicer, keys: list[str]) -> list[pb.WatchFlagsResponse]:
-    """Runs ``servicer`` alone on a loopback server and reads one WatchFlags stream."""
+@asynccontextmanager
+async def serving(servicer: FlagServicer) -> AsyncIterator[flag_pb2_grpc.FlagServiceStub]:
+    """``servicer`` alone on a loopback server (no pipeline, no read model), and a stub."""
     server = grpc.aio.server()
     flag_pb2_grpc.add_FlagServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = flag_pb2_grpc.FlagServiceStub(channel)
-            request = pb.WatchFlagsRequest(keys=keys)
-            return [m async for m in stub.WatchFlags(request, timeout=10)]
+            yield flag_pb2_grpc.FlagServiceStub(channel)
     finally:
         await server.stop(0)
+
+
+async def _watch_through(servicer: FlagServicer, keys: list[str]) -> list[pb.WatchFlagsResponse]:
+    async with serving(servicer) as stub:
+        request = pb.WatchFlagsRequest(keys=keys)
+        return [m async for m in stub.WatchFlags(request, timeout=10)]
 
 
 async def test_watch_flags_delegates_to_the_watch_object(app):
@@ -777,3 +783,33 @@ async def test_the_change_stream_shows_exactly_what_the_rpcs_return(flags):
             seen.append(message.flag_changed)
     stream.cancel()
     assert seen == changes
+
+
+async def test_evaluations_from_memory_agree_with_the_database(app, flags):
+    """The server answers Evaluate* from its in-memory read model; a servicer without one
+    reads the rows. Both must give the same answers for every tenant and key list."""
+    tenants = [TENANT_A, TENANT_B, "01JC0000000000000000000CCC"]
+    for i in range(6):
+        await create(flags, f"f{i}", default_enabled=bool(i % 2))
+    await override(flags, TENANT_A, ENABLED, key="f0")
+    await override(flags, TENANT_A, DISABLED, key="f1")
+    await override(flags, TENANT_B, ENABLED, key="f1")
+    await override(flags, TENANT_B, DISABLED, key="f4")
+    await flags.ArchiveFlag(pb.ArchiveFlagRequest(key="f5"))
+    await flags.ArchiveFlag(pb.ArchiveFlagRequest(key="f4"))
+    key_lists = [[], ["f0", "f1"], ["f5", "nope", "f3", "f0", "f5"], [f"f{i}" for i in range(6)]]
+    async with serving(FlagServicer(app.db)) as from_rows:
+        for tenant in tenants:
+            for key in [f"f{i}" for i in range(6)]:
+                request = pb.EvaluateFlagRequest(key=key, tenant_id=tenant)
+                assert await flags.EvaluateFlag(request) == await from_rows.EvaluateFlag(request)
+            for keys in key_lists:
+                request = pb.EvaluateFlagsRequest(tenant_id=tenant, keys=keys)
+                memory = await flags.EvaluateFlags(request)
+                rows = await from_rows.EvaluateFlags(request)
+                assert dict(memory.evaluations) == dict(rows.evaluations)
+                assert list(memory.missing_keys) == list(rows.missing_keys)
+        archived = await from_rows.EvaluateFlag(
+            pb.EvaluateFlagRequest(key="f4", tenant_id=TENANT_B)
+        )
+        assert archived.reason == pb.EVALUATION_REASON_ARCHIVED
