@@ -171,8 +171,9 @@ async def test_access_log_json_lines_carry_the_fields(app, caplog):
 
 
 def test_request_ids_are_generated_when_missing_and_bounded():
-    generated = {request_id(()) for _ in range(3)}
-    assert len(generated) == 3 and all(len(g) == 26 for g in generated)
+    generated = {request_id(()) for _ in range(1000)}
+    assert len(generated) == 1000
+    assert all(g == request_id((("x-request-id", g),)) for g in list(generated)[:10])
     assert request_id((("x-request-id", ""),)) not in ("", "-")
     assert len(request_id((("x-request-id", "a" * 1000),))) == 128
 
@@ -288,7 +289,7 @@ def test_each_worker_serves_metrics_on_its_own_port(db_url, tmp_path):
     )
     try:
         for port in (base, base + 1):
-            deadline = 50
+            deadline = 150  # spawned workers start one after the other on a busy machine
             while True:
                 try:
                     found = families(port)
