@@ -17,6 +17,7 @@ import urllib.request
 import grpc
 import psycopg
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from platform_admin.v1 import config_pb2 as pb
 from platform_admin.v1 import config_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
@@ -85,6 +86,10 @@ async def test_sigterm_drains_unary_calls_and_streams_resume_on_another_replica(
             grpc.aio.insecure_channel(a.address) as to_a,
             grpc.aio.insecure_channel(b.address) as to_b,
         ):
+            # An operator's view of A's health, as a load balancer watching it.
+            health_watch = health_pb2_grpc.HealthStub(to_a).Watch(health_pb2.HealthCheckRequest())
+            first = await health_watch.read()
+            assert first.status == health_pb2.HealthCheckResponse.SERVING
             streams = [watch(to_a, keys=KEYS) for _ in range(STREAMS)]
             for w in streams:
                 await w.until(lambda w: w.snapshot_done())
@@ -122,6 +127,10 @@ async def test_sigterm_drains_unary_calls_and_streams_resume_on_another_replica(
 
                 a.process.send_signal(signal.SIGTERM)
                 sigterm_at = time.monotonic()
+                # Health turns NOT_SERVING first, so balancers stop sending calls to A.
+                turned = await asyncio.wait_for(health_watch.read(), 5)
+                assert turned.status == health_pb2.HealthCheckResponse.NOT_SERVING
+                health_watch.cancel()
                 # Every stream ends with UNAVAILABLE, while the unary calls still wait.
                 for w in streams:
                     await asyncio.wait_for(asyncio.shield(w.task), 10)
