@@ -35,6 +35,7 @@ from yarl import URL
 from domain import health as rules
 from domain.errors import DomainError, InvalidArgument, NotFound
 from domain.health import AllowList, ProbeTarget, Status
+from server import metrics
 from server.settings import Settings
 from storage import health
 from storage.db import Database
@@ -220,6 +221,7 @@ async def probe(http: HttpProbe, config: ProberConfig, url: str) -> tuple[Status
     try:
         target = rules.parse_health_url("health_url", url)
     except InvalidArgument as exc:
+        metrics.probe_result(Status.UNHEALTHY.value)
         return Status.UNHEALTHY, {"error": exc.message}
     kind = "grpc" if target.is_grpc else "http"
     try:
@@ -237,7 +239,9 @@ async def probe(http: HttpProbe, config: ProberConfig, url: str) -> tuple[Status
     except (aiohttp.ClientError, OSError) as exc:
         status, details = Status.UNHEALTHY, {"error": f"{type(exc).__name__}: {exc}"}
     details = {"probe": kind, **details}
-    details["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
+    elapsed = time.perf_counter() - started
+    details["latency_ms"] = round(elapsed * 1000, 1)
+    metrics.probe_result(status.value, elapsed)
     return status, details
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
 import logging
 import math
 import socket
+import subprocess
+import threading
 import time
 import urllib.request
 from dataclasses import replace
@@ -22,7 +25,7 @@ from server import metrics
 from server.access_log import AccessLog, request_id
 from server.app import App
 from server.settings import Settings, SettingsError
-from tests.grpcurl_server import free_port, start_server, stop_server
+from tests.grpcurl_server import GRPCURL, free_port, start_server, stop_server
 from tests.helpers import TENANT_A, expect_error
 
 S = "platform_admin.v1.ConfigService"
@@ -300,4 +303,93 @@ def test_each_worker_serves_metrics_on_its_own_port(db_url, tmp_path):
                     time.sleep(0.2)
             assert found.items() >= FAMILIES.items()
     finally:
+        assert stop_server(server) == 0
+
+
+class _Healthy(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b'{"status": "ok"}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def wait_until(port: int, check, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = scrape(port)
+        if check(samples):
+            return samples
+        assert time.monotonic() < deadline, "metric never reached the expected value"
+        time.sleep(0.1)
+
+
+def test_watch_prober_and_read_model_figures_are_live(db_url, tmp_path):
+    endpoint = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Healthy)
+    threading.Thread(target=endpoint.serve_forever, daemon=True).start()
+    port = free_port()
+    server = start_server(
+        db_url,
+        tmp_path,
+        {
+            "PLATFORM_ADMIN_METRICS_LISTEN": f"127.0.0.1:{port}",
+            "PLATFORM_ADMIN_PROBE_ALLOWED_HOSTS": "127.0.0.1/32",
+            "PLATFORM_ADMIN_PROBE_POLL_S": "0.2",
+        },
+    )
+    watcher = None
+    try:
+        before = scrape(port)
+        healthy_before = value(before, "platform_admin_probe_results_total", status="healthy")
+        server.call(
+            "platform_admin.v1.HealthService/CreateHealthSource",
+            {
+                "service_id": "metrics-test",
+                "health_url": f"http://127.0.0.1:{endpoint.server_address[1]}/health",
+            },
+        )
+        watcher = subprocess.Popen(
+            [GRPCURL, "-plaintext", "-d", "{}", server.address, f"{S}/WatchConfigs"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(
+            port, lambda m: value(m, "platform_admin_watch_subscribers", stream="configs") == 1
+        )
+        server.call(
+            f"{S}/SetConfig",
+            {
+                "key": PWD,
+                "scope": "CONFIG_SCOPE_TENANT",
+                "tenant_id": TENANT_A,
+                "value": {"int_value": 17},
+            },
+        )
+        samples = wait_until(
+            port,
+            lambda m: (
+                value(m, "platform_admin_watch_events_sent_total", stream="configs") >= 1
+                and value(m, "platform_admin_probe_results_total", status="healthy")
+                > healthy_before
+            ),
+        )
+        assert value(samples, "platform_admin_probe_duration_seconds_count") >= 1
+        age = value(samples, "platform_admin_read_model_age_seconds")
+        assert not math.isnan(age) and 0 <= age < 5
+        watcher.terminate()
+        watcher.wait(10)
+        wait_until(
+            port, lambda m: value(m, "platform_admin_watch_subscribers", stream="configs") == 0
+        )
+    finally:
+        if watcher is not None and watcher.poll() is None:
+            watcher.kill()
+            watcher.wait()
+        endpoint.shutdown()
+        endpoint.server_close()
         assert stop_server(server) == 0
