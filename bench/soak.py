@@ -272,7 +272,10 @@ async def register_sources(channel: grpc.aio.Channel, url: str) -> int:
     for i in range(PROBED_SOURCES):
         try:
             await stub.CreateHealthSource(
-                pa.CreateHealthSourceRequest(service_id=f"soak-{i}", health_url=url), timeout=10
+                pa.CreateHealthSourceRequest(
+                    service_id=f"soak-{i}", health_url=url, check_interval_s=1
+                ),
+                timeout=10,
             )
             made += 1
         except grpc.aio.AioRpcError as error:
@@ -307,6 +310,8 @@ async def soak(conninfo: str) -> int:
         "PLATFORM_ADMIN_LISTEN": f"127.0.0.1:{grpc_port}",
         "PLATFORM_ADMIN_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
         "PLATFORM_ADMIN_WORKERS": "1",
+        # The probed sources are this script's loopback endpoint.
+        "PLATFORM_ADMIN_PROBE_ALLOWED_HOSTS": "127.0.0.1/32",
     }
     server = subprocess.Popen(  # noqa: ASYNC220, S603
         [str(BIN / "platform-admin"), "serve"], env=env, stdout=log_file, stderr=subprocess.STDOUT
