@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import time
 import urllib.request
 from pathlib import Path
@@ -22,6 +23,20 @@ from tests.helpers import TENANT_A
 
 PWD = "global.password_min_length"
 CONNECTIONS = 16
+
+
+def consecutive_free_ports() -> int:
+    """A port p such that p and p + 1 are both free (worker i serves metrics on p + i)."""
+    for _ in range(50):
+        first = free_port()
+        with socket.socket() as a, socket.socket() as b:
+            try:
+                a.bind(("127.0.0.1", first))
+                b.bind(("127.0.0.1", first + 1))
+            except OSError:
+                continue
+        return first
+    raise AssertionError("no two consecutive free ports")
 
 
 def worker_pids(parent: int) -> list[int]:
@@ -51,7 +66,7 @@ def resolve_calls(metrics_port: int) -> float:
 
 
 async def test_two_workers_share_the_port_converge_and_stop_on_sigterm(db_url: str, tmp_path: Path):
-    metrics_port = free_port()
+    metrics_port = consecutive_free_ports()
     server = start_server(
         db_url,
         tmp_path,
