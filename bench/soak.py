@@ -445,6 +445,11 @@ async def soak(conninfo: str) -> int:
             f" of {max(s['pool'] for s in steady):.0f}, waiting max"
             f" {max(s['waiting'] for s in steady):.0f}"
         )
+        late = [s["rss"] for s in samples[len(samples) // 2 :]]
+        print(
+            f"server RSS over the second half: {min(late):.1f}-{max(late):.1f} MB"
+            f" (caches such as the watch streams' 4,096 shared messages fill first)"
+        )
     print(
         f"stream events: expected {expected:,}, received {received:,}, lost {lost},"
         f" duplicated {duplicated}; streams ended and resumed: {dict(ends) or 'none'}"
