@@ -13,16 +13,21 @@ from typing import Any
 import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from google.protobuf import field_mask_pb2
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 from platform_admin.v1 import config_pb2 as cpb
-from platform_admin.v1 import config_pb2_grpc, flag_pb2_grpc
+from platform_admin.v1 import config_pb2_grpc, flag_pb2_grpc, health_pb2_grpc
 from platform_admin.v1 import flag_pb2 as fpb
+from platform_admin.v1 import health_pb2 as hpb
 
 from server.app import SERVICE_NAMES
 from tests.auth_helpers import (
     ADMIN,
     CALLERS,
+    OTHER_SERVICE_ID,
+    SERVICE,
+    SERVICE_ID,
     TENANT_ADMIN_A,
     Caller,
     all_methods,
@@ -90,31 +95,48 @@ TENANT_ROW = {"key": PWD, "scope": cpb.CONFIG_SCOPE_TENANT, "tenant_id": TENANT_
 
 # One request per RPC that every role allowed to call it may make successfully: tenant
 # rows are tenant A's (the tenant admin's own), heartbeats are the service's own.
-SCENARIOS: dict[str, Callable[[], Message]] = {
-    C + "ListConfigKeys": lambda: cpb.ListConfigKeysRequest(),
-    C + "GetConfig": lambda: cpb.GetConfigRequest(**TENANT_ROW),
-    C + "ListConfigs": lambda: cpb.ListConfigsRequest(tenant_id=TENANT_A),
-    C + "SetConfig": lambda: cpb.SetConfigRequest(
+SCENARIOS: dict[str, Callable[[dict[str, str]], Message]] = {
+    C + "ListConfigKeys": lambda ids: cpb.ListConfigKeysRequest(),
+    C + "GetConfig": lambda ids: cpb.GetConfigRequest(**TENANT_ROW),
+    C + "ListConfigs": lambda ids: cpb.ListConfigsRequest(tenant_id=TENANT_A),
+    C + "SetConfig": lambda ids: cpb.SetConfigRequest(
         **TENANT_ROW, value=cpb.ConfigValue(int_value=20)
     ),
-    C + "ArchiveConfig": lambda: cpb.ArchiveConfigRequest(**TENANT_ROW),
-    C + "UnarchiveConfig": lambda: cpb.UnarchiveConfigRequest(**TENANT_ROW),
-    C + "ResolveConfig": lambda: cpb.ResolveConfigRequest(key=PWD, tenant_id=TENANT_A),
-    C + "ResolveConfigs": lambda: cpb.ResolveConfigsRequest(tenant_id=TENANT_A),
-    C + "ListConfigHistory": lambda: cpb.ListConfigHistoryRequest(**TENANT_ROW),
-    C + "WatchConfigs": lambda: cpb.WatchConfigsRequest(),
-    F + "CreateFlag": lambda: fpb.CreateFlagRequest(key="matrix.created"),
-    F + "GetFlag": lambda: fpb.GetFlagRequest(key="matrix.flag"),
-    F + "ListFlags": lambda: fpb.ListFlagsRequest(),
-    F + "UpdateFlag": lambda: fpb.UpdateFlagRequest(key="matrix.flag", default_enabled=True),
-    F + "SetTenantOverride": lambda: fpb.SetTenantOverrideRequest(
+    C + "ArchiveConfig": lambda ids: cpb.ArchiveConfigRequest(**TENANT_ROW),
+    C + "UnarchiveConfig": lambda ids: cpb.UnarchiveConfigRequest(**TENANT_ROW),
+    C + "ResolveConfig": lambda ids: cpb.ResolveConfigRequest(key=PWD, tenant_id=TENANT_A),
+    C + "ResolveConfigs": lambda ids: cpb.ResolveConfigsRequest(tenant_id=TENANT_A),
+    C + "ListConfigHistory": lambda ids: cpb.ListConfigHistoryRequest(**TENANT_ROW),
+    C + "WatchConfigs": lambda ids: cpb.WatchConfigsRequest(),
+    F + "CreateFlag": lambda ids: fpb.CreateFlagRequest(key="matrix.created"),
+    F + "GetFlag": lambda ids: fpb.GetFlagRequest(key="matrix.flag"),
+    F + "ListFlags": lambda ids: fpb.ListFlagsRequest(),
+    F + "UpdateFlag": lambda ids: fpb.UpdateFlagRequest(key="matrix.flag", default_enabled=True),
+    F + "SetTenantOverride": lambda ids: fpb.SetTenantOverrideRequest(
         key="matrix.flag", tenant_id=TENANT_A, override=fpb.TENANT_OVERRIDE_DISABLED
     ),
-    F + "ArchiveFlag": lambda: fpb.ArchiveFlagRequest(key="matrix.archive"),
-    F + "UnarchiveFlag": lambda: fpb.UnarchiveFlagRequest(key="matrix.archive"),
-    F + "EvaluateFlag": lambda: fpb.EvaluateFlagRequest(key="matrix.flag", tenant_id=TENANT_A),
-    F + "EvaluateFlags": lambda: fpb.EvaluateFlagsRequest(tenant_id=TENANT_A),
-    F + "WatchFlags": lambda: fpb.WatchFlagsRequest(),
+    F + "ArchiveFlag": lambda ids: fpb.ArchiveFlagRequest(key="matrix.archive"),
+    F + "UnarchiveFlag": lambda ids: fpb.UnarchiveFlagRequest(key="matrix.archive"),
+    F + "EvaluateFlag": lambda ids: fpb.EvaluateFlagRequest(key="matrix.flag", tenant_id=TENANT_A),
+    F + "EvaluateFlags": lambda ids: fpb.EvaluateFlagsRequest(tenant_id=TENANT_A),
+    F + "WatchFlags": lambda ids: fpb.WatchFlagsRequest(),
+    H + "CreateHealthSource": lambda ids: hpb.CreateHealthSourceRequest(
+        service_id="matrix-new", health_url="http://127.0.0.1:9/health", check_interval_s=3600
+    ),
+    H + "GetHealthSource": lambda ids: hpb.GetHealthSourceRequest(id=ids[SERVICE_ID]),
+    H + "ListHealthSources": lambda ids: hpb.ListHealthSourcesRequest(),
+    H + "UpdateHealthSource": lambda ids: hpb.UpdateHealthSourceRequest(
+        id=ids[SERVICE_ID],
+        staleness_threshold_s=120,
+        update_mask=field_mask_pb2.FieldMask(paths=["staleness_threshold_s"]),
+    ),
+    H + "DeleteHealthSource": lambda ids: hpb.DeleteHealthSourceRequest(id=ids["matrix-delete"]),
+    H + "ReportHeartbeat": lambda ids: hpb.ReportHeartbeatRequest(service_id=SERVICE_ID),
+    H + "RecordCheckResult": lambda ids: hpb.RecordCheckResultRequest(
+        source_id=ids[SERVICE_ID], status=hpb.HEALTH_STATUS_HEALTHY
+    ),
+    H + "ListCheckResults": lambda ids: hpb.ListCheckResultsRequest(source_id=ids[SERVICE_ID]),
+    H + "GetPlatformHealth": lambda ids: hpb.GetPlatformHealthRequest(),
 }
 
 
@@ -147,8 +169,9 @@ async def call(
         return error.code(), failure_of(error)
 
 
-async def seed(channel: grpc.aio.Channel, admin: Any) -> None:
-    """Rows for both tenants, made through the API as an admin (``admin`` metadata) would."""
+async def seed(channel: grpc.aio.Channel, admin: Any) -> dict[str, str]:
+    """Rows for both tenants, flags, health sources, made through the API as an admin
+    (``admin`` metadata) would. Returns the health source ids by service id."""
     configs = config_pb2_grpc.ConfigServiceStub(channel)
     for tenant, value in ((TENANT_A, 14), (TENANT_B, 15)):
         await configs.SetConfig(
@@ -170,6 +193,20 @@ async def seed(channel: grpc.aio.Channel, admin: Any) -> None:
             ),
             metadata=admin,
         )
+    ids: dict[str, str] = {}
+    if served(H + "x"):
+        health = health_pb2_grpc.HealthServiceStub(channel)
+        for service_id in (SERVICE_ID, OTHER_SERVICE_ID, "matrix-delete"):
+            created = await health.CreateHealthSource(
+                hpb.CreateHealthSourceRequest(
+                    service_id=service_id,
+                    health_url="http://127.0.0.1:9/health",
+                    check_interval_s=3600,
+                ),
+                metadata=admin,
+            )
+            ids[service_id] = created.source.id
+    return ids
 
 
 KEYS: dict[str, Callable[[], tuple[Any, Any, str]]] = {
@@ -196,7 +233,7 @@ async def test_role_matrix(db_url, settings, sql, caller: Caller, key_kind: str)
         running_app(db_url, settings, authorizer) as app,
         grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel,
     ):
-        await seed(channel, as_caller(ADMIN, **sign_kw))
+        ids = await seed(channel, as_caller(ADMIN, **sign_kw))
         metadata = as_caller(caller, **sign_kw)
         checked = 0
         for name, method in all_methods():
@@ -205,7 +242,7 @@ async def test_role_matrix(db_url, settings, sql, caller: Caller, key_kind: str)
             assert name in SCENARIOS, f"add a request for {name} to SCENARIOS"
             allowed = expected is None or name in expected
             before = table_counts(sql)
-            code, answer = await call(channel, name, method, SCENARIOS[name](), metadata)
+            code, answer = await call(channel, name, method, SCENARIOS[name](ids), metadata)
             checked += 1
             if allowed:
                 assert code == grpc.StatusCode.OK, f"{caller.name} {name}: {code} {answer}"
@@ -220,17 +257,17 @@ async def test_role_matrix(db_url, settings, sql, caller: Caller, key_kind: str)
 
 
 @pytest.fixture
-async def tenant_a(db_url, settings):
+async def seeded(db_url, settings):
     async with (
         running_app(db_url, settings) as app,
         grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel,
     ):
-        await seed(channel, as_caller(ADMIN))
-        yield channel
+        ids = await seed(channel, as_caller(ADMIN))
+        yield channel, ids
 
 
-async def test_another_tenants_config_rows_are_invisible(tenant_a, sql):
-    configs = config_pb2_grpc.ConfigServiceStub(tenant_a)
+async def test_another_tenants_config_rows_are_invisible(seeded, sql):
+    configs = config_pb2_grpc.ConfigServiceStub(seeded[0])
     md = as_caller(TENANT_ADMIN_A)
     b_row = {"key": PWD, "scope": cpb.CONFIG_SCOPE_TENANT, "tenant_id": TENANT_B}
     unset = {**b_row, "tenant_id": "01JC0000000000000000000CCC"}  # a tenant with no row at all
@@ -293,10 +330,10 @@ async def test_another_tenants_config_rows_are_invisible(tenant_a, sql):
     assert stored == ("15",)
 
 
-async def test_tenant_admin_evaluates_flags_for_its_own_tenant_only(tenant_a):
+async def test_tenant_admin_evaluates_flags_for_its_own_tenant_only(seeded):
     if not served(F + "x"):
         pytest.skip("FlagService is not served yet")
-    flags = flag_pb2_grpc.FlagServiceStub(tenant_a)
+    flags = flag_pb2_grpc.FlagServiceStub(seeded[0])
     md = as_caller(TENANT_ADMIN_A)
     own = await flags.EvaluateFlag(
         fpb.EvaluateFlagRequest(key="matrix.flag", tenant_id=TENANT_A), metadata=md
@@ -317,3 +354,70 @@ async def test_tenant_admin_evaluates_flags_for_its_own_tenant_only(tenant_a):
     ):
         failure = await expect_error(call_, grpc.StatusCode.PERMISSION_DENIED)
         assert TENANT_B not in failure.message
+
+
+# --- a service against another service's heartbeat --------------------------------------------
+
+
+def heartbeat_of(sql, service_id: str) -> Any:
+    row = sql.execute(
+        "SELECT last_heartbeat_at FROM health_sources WHERE service_id = %s", (service_id,)
+    ).fetchone()
+    return row[0]
+
+
+def pushed_results(sql, source_id: str) -> int:
+    # Results a caller pushed as healthy; the prober's checks of 127.0.0.1:9 are unhealthy.
+    row = sql.execute(
+        "SELECT count(*) FROM health_check_results WHERE source_id = %s AND status = 'healthy'",
+        (source_id.removeprefix("hsr_"),),
+    ).fetchone()
+    return row[0]
+
+
+async def test_a_service_reports_for_its_own_service_id_only(seeded, sql):
+    if not served(H + "x"):
+        pytest.skip("HealthService is not served yet")
+    channel, ids = seeded
+    health = health_pb2_grpc.HealthServiceStub(channel)
+    md = as_caller(SERVICE)
+    own_before = heartbeat_of(sql, SERVICE_ID)
+    own = await health.ReportHeartbeat(
+        hpb.ReportHeartbeatRequest(service_id=SERVICE_ID), metadata=md
+    )
+    assert own.source.service_id == SERVICE_ID
+    assert heartbeat_of(sql, SERVICE_ID) > own_before
+    recorded = await health.RecordCheckResult(
+        hpb.RecordCheckResultRequest(source_id=ids[SERVICE_ID], status=hpb.HEALTH_STATUS_HEALTHY),
+        metadata=md,
+    )
+    assert recorded.result.source_id == ids[SERVICE_ID]
+
+    other_heartbeat = heartbeat_of(sql, OTHER_SERVICE_ID)
+    other_results = pushed_results(sql, ids[OTHER_SERVICE_ID])
+    await expect_error(
+        health.ReportHeartbeat(
+            hpb.ReportHeartbeatRequest(service_id=OTHER_SERVICE_ID), metadata=md
+        ),
+        grpc.StatusCode.PERMISSION_DENIED,
+    )
+    await expect_error(
+        health.RecordCheckResult(
+            hpb.RecordCheckResultRequest(
+                source_id=ids[OTHER_SERVICE_ID], status=hpb.HEALTH_STATUS_HEALTHY
+            ),
+            metadata=md,
+        ),
+        grpc.StatusCode.PERMISSION_DENIED,
+    )
+    assert heartbeat_of(sql, OTHER_SERVICE_ID) == other_heartbeat
+    assert pushed_results(sql, ids[OTHER_SERVICE_ID]) == other_results
+    # Nor may a service manage the registry.
+    for denied in (
+        health.DeleteHealthSource(
+            hpb.DeleteHealthSourceRequest(id=ids[OTHER_SERVICE_ID]), metadata=md
+        ),
+        health.GetHealthSource(hpb.GetHealthSourceRequest(id=ids[SERVICE_ID]), metadata=md),
+    ):
+        failure = await expect_error(denied, grpc.StatusCode.PERMISSION_DENIED)
+        assert failure.reason == "ROLE_NOT_ALLOWED"
