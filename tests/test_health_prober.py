@@ -20,9 +20,11 @@ from platform_admin.v1 import health_pb2 as pb
 from platform_admin.v1 import health_pb2_grpc as pb_grpc
 
 from domain.health import AllowList, Status
-from server.app import App
+from server.app import App, pool_settings
 from server.prober import HttpProbe, ProberConfig, probe
 from server.settings import Settings
+from storage.db import Database
+from storage.health import claim_due
 
 LOOPBACK = AllowList.parse("127.0.0.0/8")
 
@@ -407,3 +409,22 @@ async def test_two_replicas_check_each_source_once_per_interval(db_url, settings
         gaps = [float(b - a) for a, b in itertools.pairwise(times)]
         assert min(gaps) > 0.8, (service_id, gaps)  # never twice in one interval
         assert http.hits[f"/s/{n}"] == len(times)  # each recorded check was made once
+
+
+async def test_concurrent_claims_never_hand_out_a_source_twice(db_url, settings, sql):
+    sql.execute(
+        "INSERT INTO health_sources (id, service_id, health_url, next_check_at)"
+        " SELECT '0' || upper(lpad(to_hex(g), 25, '0')), 'svc-' || g, 'http://127.0.0.1:1/h',"
+        "        now() - interval '1 minute'"
+        "   FROM generate_series(1, 300) AS g"
+    )
+    db = Database(pool_settings(replace(settings, pool_min=6, pool_max=6), db_url))
+    await db.open()
+    try:
+        batches = await asyncio.gather(*(claim_due(db, 100) for _ in range(6)))
+        again = await claim_due(db, 1000)
+    finally:
+        await db.close()
+    claimed = [c.id for batch in batches for c in batch]
+    assert len(claimed) == len(set(claimed)) == 300
+    assert again == []  # every one moved an interval ahead
