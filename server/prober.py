@@ -236,8 +236,12 @@ async def probe(http: HttpProbe, config: ProberConfig, url: str) -> tuple[Status
         status, details = Status.UNHEALTHY, {"error": str(exc)}
     except aiohttp.ClientConnectorError as exc:
         status, details = Status.UNHEALTHY, {"error": f"cannot connect: {exc.os_error}"}
-    except (aiohttp.ClientError, OSError) as exc:
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
+        # ValueError: e.g. a Location header that is not a URL.
         status, details = Status.UNHEALTHY, {"error": f"{type(exc).__name__}: {exc}"}
+    except Exception as exc:  # a check must end in a result, whatever the peer sent
+        log.warning("probe of %s failed unexpectedly", url, exc_info=exc)
+        status, details = Status.UNHEALTHY, {"error": f"{type(exc).__name__}"}
     details = {"probe": kind, **details}
     elapsed = time.perf_counter() - started
     details["latency_ms"] = round(elapsed * 1000, 1)

@@ -69,6 +69,8 @@ async def _start_http(server: HttpServer, other: HttpServer | None = None) -> we
         if path == "/redirect-away":
             assert other is not None
             raise web.HTTPFound(other.url("/ok"))
+        if path == "/redirect-bad":
+            return web.Response(status=302, headers={"Location": "http://[not-a-host"})
         if path == "/redirect-loop":
             raise web.HTTPFound("/redirect-loop")
         if path == "/huge":
@@ -211,6 +213,8 @@ async def test_redirects_are_followed_on_the_same_host_only(check, http, away):
     assert status is Status.UNHEALTHY and details["http_status"] == 302
     assert "redirect to another host refused: 127.0.0.2" in details["error"]
     assert away.hits == Counter()  # never contacted
+    status, details = await check(http.url("/redirect-bad"))
+    assert status is Status.UNHEALTHY and details["error"]
     status, details = await check(http.url("/redirect-loop"))
     assert status is Status.UNHEALTHY and "redirects" in details["error"]
     assert http.hits["/redirect-loop"] == 6
