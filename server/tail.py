@@ -23,7 +23,7 @@ from psycopg import sql
 
 from storage import stream
 from storage.db import Database, PoolSettings, session_options
-from storage.stream import ChangeEvent
+from storage.stream import ChangeEvent, CursorExpired
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class Tail:
         self.head_seq = -1
         self.ready = asyncio.Event()
         self._listeners: list[Listener] = []
+        self._gap_listeners: list[Callable[[], None]] = []
         self._wake = asyncio.Event()
         self._advanced = asyncio.Event()
         self.listen_connected = False
@@ -74,6 +75,12 @@ class Tail:
         with contextlib.suppress(ValueError):
             self._listeners.remove(callback)
 
+    def add_gap_listener(self, callback: Callable[[], None]) -> None:
+        """``callback()`` runs when events were lost to this tail (pruned before it read
+        them, after days without a successful read); the tail then restarts at the head.
+        """
+        self._gap_listeners.append(callback)
+
     async def wait_for(self, seq: int, timeout: float | None = None) -> None:
         """Returns once every event up to ``seq`` has been handed to the listeners.
 
@@ -89,6 +96,7 @@ class Tail:
 
     async def run(self) -> None:
         listener = asyncio.create_task(self._listen(), name="tail-listen")
+        failing = False
         try:
             await self._prime()
             while True:
@@ -102,8 +110,19 @@ class Tail:
                     reading_at = time.time()
                     await self._read_all()
                     self.caught_up_at = reading_at
+                    if failing:
+                        log.info("change stream readable again")
+                    failing = False
+                except CursorExpired:
+                    await self._skip_to_head()
                 except Exception as exc:
-                    log.warning("change stream read failed (retrying at next poll): %s", exc)
+                    # Once per outage, not at every poll.
+                    log.log(
+                        logging.DEBUG if failing else logging.WARNING,
+                        "change stream read failed (retrying every poll): %s",
+                        exc,
+                    )
+                    failing = True
         finally:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -122,6 +141,19 @@ class Tail:
         self._advance(head, [])
         self.caught_up_at = time.time()
         self.ready.set()
+
+    async def _skip_to_head(self) -> None:
+        log.error(
+            "change stream events after %d were pruned before this process read them;"
+            " restarting at the head (open streams are ended and resume by cursor)",
+            self.head_seq,
+        )
+        self._advance(await stream.head(self.db), [])
+        for callback in list(self._gap_listeners):
+            try:
+                callback()
+            except Exception:
+                log.exception("change stream gap listener failed")
 
     async def _read_all(self) -> None:
         while True:

@@ -171,6 +171,7 @@ class Watch:
         # Slow subscribers cut off since start (an operator's counter).
         self.cut_off = 0
         tail.add_listener(self._on_events)
+        tail.add_gap_listener(self._on_gap)
 
     # -- registry ---------------------------------------------------------------------
 
@@ -208,6 +209,18 @@ class Watch:
                     continue
                 sub.events.extend(wanted)
                 sub.wake.set()
+
+    def _on_gap(self) -> None:
+        """The tail lost events: live streams cannot continue; their cursors decide."""
+        for sub in [s for subs in self._live.values() for s in subs]:
+            self._end(
+                sub,
+                Unavailable(
+                    "this server fell behind the change stream; resume with the last cursor"
+                    " received",
+                    reason="STREAM_RESTARTED",
+                ),
+            )
 
     def _end(self, sub: Subscriber, error: DomainError) -> None:
         if sub.ended is not None:

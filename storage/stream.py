@@ -77,7 +77,11 @@ UPDATE outbox o
 RETURNING o.seq
 """
 _NOTIFY = "SELECT pg_notify(%s, %s)"
-_HEAD = "SELECT COALESCE(max(seq), 0) AS head FROM outbox"
+# The watermark counts too: once retention removed every row, the head is still there.
+_HEAD = """
+SELECT GREATEST((SELECT COALESCE(max(seq), 0) FROM outbox),
+                (SELECT pruned_seq FROM stream_state)) AS head
+"""
 _STATE = "SELECT database_id, pruned_seq FROM stream_state"
 # The watermark is read in the same statement (same snapshot) as the rows: a prune that
 # committed removed its rows and raised the watermark together, so either both are seen
@@ -156,7 +160,7 @@ async def sequence_batch(db: Database, limit: int = 1000, notify: bool = True) -
 
 
 async def head(db: Database) -> int:
-    """The highest seq assigned so far (0 when none)."""
+    """The highest seq assigned so far (0 when none), pruned or not."""
     async with db.read() as conn:
         cur = await conn.execute(_HEAD)
         row = await cur.fetchone()

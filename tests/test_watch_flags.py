@@ -155,7 +155,11 @@ async def test_forged_cursor_is_invalid_argument(
 
 
 async def test_expired_foreign_and_future_cursors_are_out_of_range(
-    app: App, channel: grpc.aio.Channel, db_url: str, sql: psycopg.Connection
+    app: App,
+    channel: grpc.aio.Channel,
+    db_url: str,
+    sql: psycopg.Connection,
+    settings: Settings,
 ) -> None:
     await commit_flag(db_url, "alpha")
     w = watch(channel)
@@ -180,11 +184,18 @@ async def test_expired_foreign_and_future_cursors_are_out_of_range(
     assert error.code() == grpc.StatusCode.OUT_OF_RANGE
     assert error_reason(error) == "CURSOR_EXPIRED"
     assert "retention" in (error.details() or "")
-    # The head cursor is still good: nothing after it was removed.
-    fresh = watch(channel, cursor=cursor.encode(database_id, top))
-    await commit_flag(db_url, "gamma")
-    await fresh.until(lambda w: w.changes() == [("gamma", 1)])
-    await fresh.stop()
+    # The head cursor is still good: nothing after it was removed. So on a replica started
+    # after the outbox was emptied: the head is the watermark, not 0.
+    async with replica(db_url, settings) as later, channel_to(later) as later_channel:
+        snap = watch(later_channel)
+        await snap.until(lambda w: w.snapshot_done())
+        assert cursor.decode(snap.last_cursor()).seq == top
+        fresh = watch(later_channel, cursor=cursor.encode(database_id, top))
+        await commit_flag(db_url, "gamma")
+        await fresh.until(lambda w: w.changes() == [("gamma", 1)])
+        await snap.until(lambda w: w.changes() == [("gamma", 1)])
+        await fresh.stop()
+        await snap.stop()
 
     # Another database (restored elsewhere or replaced): its identity differs.
     sql.execute("UPDATE stream_state SET database_id = gen_random_uuid()")

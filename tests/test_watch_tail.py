@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from datetime import timedelta
 
 import psycopg
 
@@ -51,4 +52,38 @@ async def test_listeners_get_every_committed_event_in_seq_order(
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await db.close()
+
+
+async def test_tail_whose_position_was_pruned_restarts_at_head_and_says_so(
+    db_url: str, settings: Settings
+) -> None:
+    ps = pool_settings(replace(settings), db_url)
+    db = Database(ps)
+    await db.open()
+    tail = Tail(db, ps, poll_interval_s=30)  # reads only when woken
+    seen: list[ChangeEvent] = []
+    gaps: list[int] = []
+    tail.add_listener(seen.extend)
+    tail.add_gap_listener(lambda: gaps.append(tail.head_seq))
+    task = asyncio.create_task(tail.run())
+    try:
+        await asyncio.wait_for(tail.ready.wait(), 10)
+        for i in range(3):
+            await _append(db, f"lost{i}", 1)
+        top = await stream.sequence_batch(db, notify=False)
+        assert top > 0
+        assert await stream.prune(db, older_than=timedelta(0)) == 3
+        tail.wake()
+        await tail.wait_for(top, timeout=10)
+        assert seen == [] and gaps == [top]
+        # It carries on from the head.
+        await _append(db, "after", 1)
+        later = await stream.sequence_batch(db, notify=False)
+        tail.wake()
+        await tail.wait_for(later, timeout=10)
+        assert [e.payload["key"] for e in seen] == ["after"]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
         await db.close()
