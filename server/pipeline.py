@@ -96,6 +96,37 @@ def _passing_bytes(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], 
     return serializer
 
 
+class _Resume:
+    """Awaits the rest of a coroutine whose first step already ran and yielded ``first``.
+
+    What ``await`` would have done had it been awaited from the start: each value the
+    coroutine yields goes to the task, each value or exception the task sends back goes
+    to the coroutine (a timeout's cancellation included).
+    """
+
+    __slots__ = ("call", "first")
+
+    def __init__(self, call: Any, first: Any) -> None:
+        self.call = call
+        self.first = first
+
+    def __await__(self) -> Any:
+        call, pending = self.call, self.first
+        while True:
+            try:
+                sent = yield pending
+            except BaseException as exc:  # thrown in by the task (e.g. CancelledError)
+                try:
+                    pending = call.throw(exc)
+                except StopIteration as finished:
+                    return finished.value
+            else:
+                try:
+                    pending = call.send(sent)
+                except StopIteration as finished:
+                    return finished.value
+
+
 class Pipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(
         self,
@@ -168,8 +199,18 @@ class Pipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                         )
                         deadline = call_deadline.set(time.monotonic() + budget)
                         try:
-                            async with asyncio.timeout(budget):
-                                response = await inner_unary(request, context)
+                            # First step without a timer: a handler that answers from memory
+                            # finishes here, and a timer could not interrupt it anyway.
+                            call = inner_unary(request, context)
+                            try:
+                                waiting_on = call.send(None)
+                            except StopIteration as finished:
+                                response = finished.value
+                            else:
+                                async with asyncio.timeout_at(
+                                    asyncio.get_running_loop().time() + budget
+                                ):
+                                    response = await _Resume(call, waiting_on)
                         finally:
                             call_deadline.reset(deadline)
                     finally:

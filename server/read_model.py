@@ -139,10 +139,10 @@ class ReadModel:
         wall = time.time()
         loaded = await load_all(self.db)
         state = rm.ReadState()
-        for payload in loaded.flags:
-            state.apply_flag(rm.FlagState.from_payload(payload))
-        for payload in loaded.configs:
-            state.apply_config(rm.ConfigState.from_payload(payload))
+        for flag in loaded.flags:
+            state.apply_flag(flag)
+        for config in loaded.configs:
+            state.apply_config(config)
         self.state = state
         self.seq = loaded.head_seq
         self._flag_answers.drop(rm.EVERYONE)

@@ -185,8 +185,8 @@ def test_stale_versions_never_replace_newer_state():
     from domain.read_model import ConfigState, FlagState, ReadState
 
     state = ReadState()
-    newer = FlagState("f", True, frozenset({TENANT_A}), frozenset(), False, 3)
-    older = FlagState("f", False, frozenset(), frozenset({TENANT_A}), False, 2)
+    newer = FlagState("f", True, (TENANT_A,), (), False, 3)
+    older = FlagState("f", False, (), (TENANT_A,), False, 2)
     state.apply_flag(newer)
     assert not state.apply_flag(older).everyone
     assert state.flags["f"] is newer
