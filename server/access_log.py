@@ -1,8 +1,10 @@
 """The access log: one structured INFO line per RPC, from the call pipeline.
 
 Each line carries the method, status code, duration, principal and a request id (the
-caller's ``x-request-id`` metadata, or a generated one). Nothing else from the metadata is
-read, so tokens (``authorization``) and other secrets never reach the log.
+caller's ``x-request-id`` metadata, or a generated one). Successful Evaluate*/Resolve*
+calls (the hot read path, see QUIET_WHEN_OK) are not logged: the metrics count them.
+Nothing else from the metadata is read, so tokens (``authorization``) and other secrets
+never reach the log.
 
 With PLATFORM_ADMIN_LOG_FORMAT=json the fields are JSON keys; with text they read
 ``rpc method=... status=... duration_ms=... principal=... request_id=...``.
@@ -48,6 +50,20 @@ def request_id(metadata: Any) -> str:
     return new_request_id()
 
 
+# The hot read path: services call these on their own request paths, thousands of times a
+# second. A line per successful call would cost about as much as the call itself (it
+# measured ~15 % of a process's throughput); these calls are counted and timed by the
+# metrics instead, and their failures are still logged.
+QUIET_WHEN_OK = frozenset(
+    {
+        "/platform_admin.v1.FlagService/EvaluateFlag",
+        "/platform_admin.v1.FlagService/EvaluateFlags",
+        "/platform_admin.v1.ConfigService/ResolveConfig",
+        "/platform_admin.v1.ConfigService/ResolveConfigs",
+    }
+)
+
+
 class AccessLog:
     """Call pipeline observer writing the access log."""
 
@@ -62,6 +78,8 @@ class AccessLog:
         principal: Principal | None,
         metadata: Any,
     ) -> None:
+        if code is grpc.StatusCode.OK and method in QUIET_WHEN_OK:
+            return
         if not log.isEnabledFor(logging.INFO):
             return
         fields: dict[str, Any] = {

@@ -199,3 +199,29 @@ def test_stale_versions_never_replace_newer_state():
     assert state.resolve(spec, TENANT_A, None) == (20, Scope.TENANT)
     state.apply_config(ConfigState(PWD, Scope.TENANT, TENANT_A, None, 20, True, 6))
     assert state.resolve(spec, TENANT_A, None) == (12, None)  # archived, no PLATFORM row here
+
+
+def test_successful_hot_reads_stay_out_of_the_access_log(caplog):
+    """A line per Evaluate/Resolve call would cost as much as the call; failures still log."""
+    import logging
+
+    from server.access_log import AccessLog
+
+    caplog.set_level(logging.INFO, logger="platform_admin.access")
+    observer = AccessLog()
+    for method in (
+        "/platform_admin.v1.FlagService/EvaluateFlag",
+        "/platform_admin.v1.ConfigService/ResolveConfigs",
+    ):
+        observer.on_call_done(method, grpc.StatusCode.OK, 0.0001, None, ())
+    assert not caplog.records
+    observer.on_call_done(
+        "/platform_admin.v1.FlagService/EvaluateFlag", grpc.StatusCode.NOT_FOUND, 0.0001, None, ()
+    )
+    observer.on_call_done(
+        "/platform_admin.v1.ConfigService/SetConfig", grpc.StatusCode.OK, 0.002, None, ()
+    )
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    assert "EvaluateFlag status=NOT_FOUND" in lines[0]
+    assert "SetConfig status=OK" in lines[1]
