@@ -131,3 +131,19 @@ def test_staleness_and_worst():
     assert effective_status(H, True) is U and effective_status(None, False) is None
     assert worst([]) is H and worst([None]) is H
     assert worst([H, None, D]) is D and worst([D, U, H]) is U
+
+
+def test_probe_settings_are_validated_at_start():
+    from server.settings import Settings, SettingsError
+
+    defaults = Settings.from_env({})
+    assert defaults.probe_allowed_hosts == DEFAULT_ALLOWED_HOSTS
+    assert (defaults.probe_timeout_s, defaults.probe_enabled) == (5.0, True)
+    narrowed = Settings.from_env(
+        {"PLATFORM_ADMIN_PROBE_ALLOWED_HOSTS": " 10.20.0.0/16 , *.svc.cluster.local "}
+    )
+    assert narrowed.probe_allowed_hosts == ("10.20.0.0/16", "*.svc.cluster.local")
+    with pytest.raises(SettingsError, match="PLATFORM_ADMIN_PROBE_ALLOWED_HOSTS"):
+        Settings.from_env({"PLATFORM_ADMIN_PROBE_ALLOWED_HOSTS": "10.0.0.0/8,http://x"})
+    with pytest.raises(SettingsError, match="PLATFORM_ADMIN_PROBE_TIMEOUT_S"):
+        Settings.from_env({"PLATFORM_ADMIN_PROBE_TIMEOUT_S": "0"})

@@ -547,3 +547,25 @@ async def test_concurrent_results_are_all_recorded_and_counted(hs, sql):
     assert counts(sql)[1] == 12
     changes = [e for e in events(sql) if e["change"] == "STATUS_CHANGED"]
     assert len(changes) == 1
+
+
+async def test_registration_follows_the_configured_allow_list(db_url, settings, sql):
+    from server.app import App
+
+    narrowed = replace(settings, probe_allowed_hosts=("10.20.0.0/16", "*.svc.cluster.local"))
+    app = App(narrowed, db_url)
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = health_pb2_grpc.HealthServiceStub(channel)
+            failure = await expect_error(
+                create(stub, url="http://127.0.0.1:8080/h"),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "health_url",
+            )
+            assert "PLATFORM_ADMIN_PROBE_ALLOWED_HOSTS" in failure.message
+            assert counts(sql) == (0, 0, 0)
+            await create(stub, "billing", "http://10.20.3.4:8080/h")
+            await create(stub, "ledger", "grpc://ledger.prod.svc.cluster.local:9090")
+    finally:
+        await app.stop(grace=0)
