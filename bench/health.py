@@ -14,7 +14,8 @@ What it does (a few minutes, mostly the load):
    have left it.
 3. Starts ``platform-admin serve`` (prober off) and measures, one call at a time through
    the generated stubs: ListCheckResults for one source over one day (a random source and a
-   random day of the year per call, the whole day in one page) and GetPlatformHealth.
+   random day of the year per call, the whole day in one page), GetPlatformHealth and
+   ReportHeartbeat; then heartbeats with 16 calls in flight (throughput).
 4. Prints EXPLAIN (ANALYZE, BUFFERS) of the two queries exactly as storage/health.py runs
    them, to show that both are served by indexes / never scan the history.
 
@@ -193,6 +194,24 @@ async def measure(port: int, ids: list[str]) -> list[tuple[str, list[float], str
         latencies, last = await _time(CALLS, platform)
         status = health_pb2.HealthStatus.Name(last.status)
         rows.append(("GetPlatformHealth", latencies, f"{len(last.sources)} sources, {status}"))
+
+        async def heartbeat() -> health_pb2.ReportHeartbeatResponse:
+            service = f"svc-{rng.randrange(SOURCES):03d}"
+            return await stub.ReportHeartbeat(health_pb2.ReportHeartbeatRequest(service_id=service))
+
+        latencies, _ = await _time(CALLS, heartbeat)
+        rows.append(("ReportHeartbeat", latencies, "one UPDATE by service_id"))
+        # Many services at once: 16 callers in flight.
+        started = time.perf_counter()
+        total = CALLS * 10
+
+        async def caller(n: int) -> None:
+            for _ in range(n):
+                await heartbeat()
+
+        await asyncio.gather(*(caller(total // 16) for _ in range(16)))
+        rate = (total // 16 * 16) / (time.perf_counter() - started)
+        rows.append(("ReportHeartbeat, 16 in flight", [], f"{rate:,.0f} heartbeats/s"))
     return rows
 
 
@@ -251,9 +270,14 @@ def main() -> int:
             finally:
                 proc.stop()
         print(f"\nHealthService over {RESULTS:,} check results ({SOURCES} sources, {DAYS} days)")
-        print(f"{CALLS} sequential calls each, Python grpc.aio client, one server process\n")
+        print(f"{CALLS} sequential calls each, Python grpc.aio client, one server process")
+        load1, load5, _ = os.getloadavg()
+        print(f"machine load average during the run: {load1:.1f} (1 min), {load5:.1f} (5 min)\n")
         print("| call | p50 ms | p99 ms | mean ms | answer |\n|---|---|---|---|---|")
         for name, latencies, note in rows:
+            if not latencies:
+                print(f"| {name} | | | | {note} |")
+                continue
             print(
                 f"| {name} | {_pct(latencies, 0.5):.2f} | {_pct(latencies, 0.99):.2f}"
                 f" | {statistics.mean(latencies):.2f} | {note} |"
