@@ -55,7 +55,8 @@ check-generated: $(STAMP) ## Fail if generated/ is not what protos/ produce
 		echo "generated/ is stale: run 'make generate' and commit"; exit 1; fi; \
 	rm -rf "$$tmp"
 
-bench: $(STAMP) ## Hot-path benchmark table (not part of make test)
+bench: $(STAMP) ## Hot-path benchmark table (not part of make test; installs h2load if missing)
+	command -v h2load >/dev/null || (apt-get update && apt-get install -y nghttp2-client)
 	$(BIN)/python -m bench.hot_path
 
 bench-watch: $(STAMP) ## WatchFlags commit-to-delivery latency, 1,000 subscribers
