@@ -261,7 +261,12 @@ def check_target_allowed(field: str, target: ProbeTarget, allow: AllowList) -> N
             f"host {target.host} is not allowed for probing"
             " (see PLATFORM_ADMIN_PROBE_ALLOWED_HOSTS)",
         )
-    if ip is None and target.host == "localhost" and not allow.allows_address("127.0.0.1"):
+    if (
+        ip is None
+        and target.host == "localhost"
+        and not allow.allows_name("localhost")
+        and not allow.allows_address("127.0.0.1")
+    ):
         raise InvalidArgument.field(
             field,
             "host localhost is not allowed for probing (see PLATFORM_ADMIN_PROBE_ALLOWED_HOSTS)",

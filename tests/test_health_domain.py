@@ -104,6 +104,11 @@ def test_default_allow_list_keeps_out_metadata_and_public_addresses():
     with pytest.raises(InvalidArgument):
         check_target_allowed("u", parse_health_url("u", "http://169.254.169.254/"), allow)
     check_target_allowed("u", parse_health_url("u", "http://metadata.internal/"), allow)
+    local = parse_health_url("u", "http://localhost:8080/h")
+    check_target_allowed("u", local, allow)
+    check_target_allowed("u", local, AllowList.parse("localhost"))
+    with pytest.raises(InvalidArgument):
+        check_target_allowed("u", local, AllowList.parse("10.0.0.0/8"))
 
 
 def test_http_and_grpc_mapping():
