@@ -75,6 +75,9 @@ class Result:
     p99_ms: float
     calls: int
     failed: int = 0
+    # Server CPU time per call (user + system, whole process), when measured: far steadier
+    # than RPC/s on a shared machine, since other load changes the rate more than the cost.
+    cpu_us: float | None = None
 
 
 def say(text: str) -> None:
@@ -324,8 +327,19 @@ def call_once(port: int, path: str, request: Any, response_type: Any) -> Any:
         return method(request, timeout=10)
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def h2load(
-    port: int, path: str, body: bytes, concurrency: int, workdir: Path, pin: bool = True
+    port: int,
+    path: str,
+    body: bytes,
+    concurrency: int,
+    workdir: Path,
+    pin: bool = True,
+    pid: int | None = None,
 ) -> Result:
     clients = min(concurrency, 16)
     streams = max(1, concurrency // clients)
@@ -353,7 +367,9 @@ def h2load(
         str(log_file),
         f"http://127.0.0.1:{port}{path}",
     ]
+    cpu_before = cpu_seconds(pid) if pid else 0.0
     done = subprocess.run(args, capture_output=True, text=True, timeout=SECONDS + 60, check=False)
+    cpu = cpu_seconds(pid) - cpu_before if pid else None
     if done.returncode != 0:
         raise RuntimeError(f"h2load failed: {done.stdout}\n{done.stderr}")
     latencies = []
@@ -371,7 +387,11 @@ def h2load(
             break
     else:
         raise RuntimeError(f"unexpected h2load output: {done.stdout}")
-    return _result(rps, latencies, failed)
+    result = _result(rps, latencies, failed)
+    if cpu is not None and rps:
+        # Warm-up calls ran at about the measured rate and used CPU too.
+        result.cpu_us = cpu / (rps * (SECONDS + WARM_UP)) * 1e6
+    return result
 
 
 def paired(ours: Callable[[], Result], base: Callable[[], Result]) -> tuple[Result, Result]:
@@ -690,8 +710,8 @@ def bench_reads(url: str, workdir: Path) -> list[Row]:
             body = frame(request)
             for c in CONCURRENCY:
                 ours, base = paired(
-                    lambda: h2load(service.port, path, body, c, workdir),  # noqa: B023
-                    lambda: h2load(empty.port, path, body, c, workdir),  # noqa: B023
+                    lambda: h2load(service.port, path, body, c, workdir, pid=service.process.pid),  # noqa: B023
+                    lambda: h2load(empty.port, path, body, c, workdir, pid=empty.process.pid),  # noqa: B023
                 )
                 say(f"{label} c={c}: {ours.rps:,.0f} vs {base.rps:,.0f} RPC/s")
                 rows.append((label, c, ours, base))
@@ -815,8 +835,8 @@ def bench_propagation(url: str, workdir: Path, samples: int = 50) -> Result:
 def fmt_table(rows: list[Row]) -> str:
     lines = [
         "| RPC | conc. | RPC/s | p50 ms | p99 ms | baseline RPC/s | baseline p50 | baseline p99"
-        " | RPC/s ratio | p99 ratio |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " | RPC/s ratio | p99 ratio | server CPU µs/call (baseline) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, c, ours, base in rows:
         b = base
@@ -828,7 +848,7 @@ def fmt_table(rows: list[Row]) -> str:
             f"{ours.p99_ms:.2f}",
         ]
         if b is None:
-            cells += ["", "", "", "", ""]
+            cells += ["", "", "", "", "", ""]
         else:
             cells += [
                 f"{b.rps:,.0f}",
@@ -836,6 +856,9 @@ def fmt_table(rows: list[Row]) -> str:
                 f"{b.p99_ms:.2f}",
                 f"{ours.rps / b.rps:.2f}×" if b.rps else "",
                 f"{ours.p99_ms / b.p99_ms:.2f}×" if b.p99_ms else "",
+                f"{ours.cpu_us:.0f} ({b.cpu_us:.0f})"
+                if ours.cpu_us is not None and b.cpu_us is not None
+                else "",
             ]
         if ours.failed:
             cells[0] += f" ({ours.failed} failed)"

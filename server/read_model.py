@@ -75,8 +75,9 @@ _EVALUATIONS = {
 # How long the model may go without catching up with the stream before it reports itself
 # stale (the tail polls every 0.25 s and is woken at once by each NOTIFY).
 STALE_AFTER_S = 5.0
-# Bounds of the answer caches (per process); past them a cache starts over.
-MAX_CACHED_TENANTS = 20_000
+# Bound of each answer cache (per process): past it the cache starts over. Answers are a
+# few hundred bytes to a few KB, so a full cache holds some tens of MB at most.
+MAX_ANSWERS = 20_000
 MAX_ANSWERS_PER_TENANT = 64
 _RETRY_START_S = 0.1
 _RETRY_MAX_S = 5.0
@@ -89,28 +90,35 @@ class _AnswerCache:
 
     def __init__(self) -> None:
         self.by_tenant: dict[str | None, dict[CacheKey, Any]] = {}
+        self.size = 0
 
     def get(self, tenant: str | None, key: CacheKey) -> Any:
         answers = self.by_tenant.get(tenant)
         return None if answers is None else answers.get(key)
 
     def put(self, tenant: str | None, key: CacheKey, answer: Any) -> None:
+        if self.size >= MAX_ANSWERS:
+            self.by_tenant.clear()
+            self.size = 0
         answers = self.by_tenant.get(tenant)
         if answers is None:
-            if len(self.by_tenant) >= MAX_CACHED_TENANTS:
-                self.by_tenant.clear()
             answers = self.by_tenant[tenant] = {}
         elif len(answers) >= MAX_ANSWERS_PER_TENANT:
+            self.size -= len(answers)
             answers.clear()
         answers[key] = answer
+        self.size += 1
 
     def drop(self, change: rm.Change) -> None:
         if change.everyone or change.nodes:
             # A node's answers are cached under every tenant that asked with that node.
             self.by_tenant.clear()
+            self.size = 0
             return
         for tenant in change.tenants:
-            self.by_tenant.pop(tenant, None)
+            dropped = self.by_tenant.pop(tenant, None)
+            if dropped is not None:
+                self.size -= len(dropped)
 
 
 class ReadModel:
