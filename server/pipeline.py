@@ -21,7 +21,7 @@ from domain.errors import DomainError
 from server import principal as principal_ctx
 from server.errors import INTERNAL, status_code_of, to_status
 from server.principal import Principal
-from storage.db import call_deadline
+from storage.db import call_deadline, deadline_after
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ class Pipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                             if remaining is None
                             else min(remaining, default_deadline)
                         )
-                        deadline = call_deadline.set(time.monotonic() + budget)
+                        deadline = call_deadline.set(deadline_after(budget))
                         try:
                             # First step without a timer: a handler that answers from memory
                             # finishes here, and a timer could not interrupt it anyway.

@@ -58,7 +58,8 @@ class Received:
     cursor: str
     key: str = ""
     version: int = 0
-    at: float = 0.0
+    at: float = 0.0  # time.monotonic() when received
+    wall: float = 0.0  # time.time() when received (compared with database timestamps)
 
 
 @dataclass
@@ -83,6 +84,7 @@ class Watcher:
                         flag.key if flag else "",
                         int(flag.etag) if flag else 0,
                         time.monotonic(),
+                        time.time(),
                     )
                 )
                 self.changed.set()
