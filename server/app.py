@@ -92,6 +92,7 @@ class App:
         self.tail = Tail(self.db, pool_settings(self.settings, self.conninfo))
         self.sequencer = Sequencer(self.db)
         self.sequencer.on_sequenced = lambda _top: self.tail.wake()
+        self.db.after_commit = self.sequencer.wake
         self.watch = Watch(self.db, self.tail, heartbeat_s=self.settings.watch_heartbeat_s)
         # Metrics and the access log see every call; observers passed in come after them.
         self.observers = [

@@ -132,6 +132,8 @@ class ReadModel:
         self.load_seconds: float | None = None
         self._loaded_at: float | None = None
         self._attached = False
+        self._attached_once = False
+        self._reloading: asyncio.Task[None] | None = None
         # Set once the model follows the tail (the snapshot's gap is closed).
         self.attached = asyncio.Event()
         self._buffer: list[ChangeEvent] | None = None
@@ -207,6 +209,9 @@ class ReadModel:
         # arrive meanwhile wait in the buffer so the order stays by seq.
         self._buffer = []
         self.tail.add_listener(self._on_events)
+        if not self._attached_once:
+            self.tail.add_gap_listener(self._on_gap)
+            self._attached_once = True
         self._attached = True
         head = self.tail.head_seq
         while self.seq < head:
@@ -219,6 +224,28 @@ class ReadModel:
         buffered, self._buffer = self._buffer, None
         self._apply_events(buffered)
         self.attached.set()
+
+    def _on_gap(self) -> None:
+        """The tail lost events (pruned before it read them): reload from a snapshot."""
+        if self._reloading is None or self._reloading.done():
+            self._reloading = asyncio.create_task(self._reload(), name="read-model-reload")
+
+    async def _reload(self) -> None:
+        # Batches arriving meanwhile wait, then those after the new snapshot's head apply.
+        self._buffer = []
+        delay = _RETRY_START_S
+        try:
+            while True:
+                try:
+                    await self.load()
+                    return
+                except Exception as exc:
+                    log.warning("read model reload failed (retry in %.1fs): %s", delay, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, _RETRY_MAX_S)
+        finally:
+            buffered, self._buffer = self._buffer, None
+            self._apply_events(buffered or [])
 
     def _on_events(self, events: list[ChangeEvent]) -> None:
         if self._buffer is not None:
@@ -237,6 +264,8 @@ class ReadModel:
                 self._apply_config(rm.ConfigState.from_payload(event.payload))
 
     def stop(self) -> None:
+        if self._reloading is not None:
+            self._reloading.cancel()
         if self._attached:
             self.tail.remove_listener(self._on_events)
             self._attached = False

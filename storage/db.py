@@ -165,6 +165,9 @@ class Database:
 
     def __init__(self, settings: PoolSettings) -> None:
         self.settings = settings
+        # Called after every committed transaction (server/app.py wakes the outbox sequencer:
+        # a change of this process is sequenced at once instead of at the next idle poll).
+        self.after_commit: Callable[[], None] | None = None
         self.pool = psycopg_pool.AsyncConnectionPool(
             settings.conninfo,
             min_size=settings.min_size,
@@ -245,7 +248,10 @@ class Database:
                     conn.transaction(),
                 ):
                     await self._fit_to_deadline(conn)
-                    return await fn(conn)
+                    result = await fn(conn)
+                if self.after_commit is not None:
+                    self.after_commit()
+                return result
             except DomainError:
                 raise
             except _RETRYABLE as exc:
