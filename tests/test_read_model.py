@@ -225,3 +225,27 @@ def test_successful_hot_reads_stay_out_of_the_access_log(caplog):
     assert len(lines) == 2
     assert "EvaluateFlag status=NOT_FOUND" in lines[0]
     assert "SetConfig status=OK" in lines[1]
+
+
+async def test_events_lost_to_the_tail_make_the_model_reload(app: App, sql):
+    """If retention pruned events before this process read them, a snapshot replaces guesses."""
+    await asyncio.wait_for(app.read_model.attached.wait(), 10)
+    channel, configs, _ = await stubs(app)
+    async with channel:
+        await set_pwd(configs, TENANT_A, 40)
+        # A change the stream never carries (as if its event had been pruned unread).
+        sql.execute(
+            "UPDATE platform_configs SET value = '41', version = version + 1"
+            " WHERE key = %s AND tenant_id = %s",
+            (PWD, TENANT_A),
+        )
+        await asyncio.sleep(0.3)
+        assert await resolve_pwd(configs, TENANT_A) == 40
+        await app.tail._skip_to_head()  # what the tail does when its position was pruned
+        deadline = time.monotonic() + 5
+        while await resolve_pwd(configs, TENANT_A) != 41:
+            assert time.monotonic() < deadline, "the model did not reload"
+            await asyncio.sleep(0.02)
+        # And it keeps following the stream afterwards.
+        await set_pwd(configs, TENANT_A, 42)
+        assert await resolve_pwd(configs, TENANT_A) == 42
