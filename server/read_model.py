@@ -140,6 +140,7 @@ class ReadModel:
         self._flag_answers = _AnswerCache()
         self._config_answers = _AnswerCache()
         self._defaults: bytes | None = None
+        self._written_while_loading: list[rm.FlagState | rm.ConfigState] | None = None
 
     # --- loading and following the stream ----------------------------------------------
 
@@ -147,12 +148,23 @@ class ReadModel:
         """Replaces the state with a fresh snapshot (raises a DomainError if unreachable)."""
         started = time.perf_counter()
         wall = time.time()
-        loaded = await load_all(self.db)
+        # Writes this process applies while the snapshot loads may be newer than it: they
+        # are applied again (version-guarded) to the new state, keeping read-your-writes.
+        self._written_while_loading = []
+        try:
+            loaded = await load_all(self.db)
+        finally:
+            written, self._written_while_loading = self._written_while_loading, None
         state = rm.ReadState()
         for flag in loaded.flags:
             state.apply_flag(flag)
         for config in loaded.configs:
             state.apply_config(config)
+        for item in written or ():
+            if isinstance(item, rm.FlagState):
+                state.apply_flag(item)
+            else:
+                state.apply_config(item)
         self.state = state
         self.seq = loaded.head_seq
         self._flag_answers.drop(rm.EVERYONE)
@@ -280,6 +292,8 @@ class ReadModel:
         self._apply_config(rm.ConfigState.from_payload(row.event_payload()))
 
     def _apply_flag(self, state: rm.FlagState) -> None:
+        if self._written_while_loading is not None:
+            self._written_while_loading.append(state)
         change = self.state.apply_flag(state)
         if change.everyone:
             self._defaults = None
@@ -287,6 +301,8 @@ class ReadModel:
             self._flag_answers.drop(change)
 
     def _apply_config(self, state: rm.ConfigState) -> None:
+        if self._written_while_loading is not None:
+            self._written_while_loading.append(state)
         change = self.state.apply_config(state)
         if change is not rm.NOTHING:
             self._config_answers.drop(change)
