@@ -69,6 +69,14 @@ async def test_sigterm_drains_unary_calls_and_streams_resume_on_another_replica(
     committed: dict[str, list[int]] = {k: [] for k in KEYS}
     for key in KEYS:
         committed[key].append(await commit_flag(db_url, key))
+    # These first writes bypass the servers (plain SQL), so no commit wakes a sequencer:
+    # let them be sequenced before the snapshots are taken, or a snapshot could show a
+    # version whose event comes after its cursor (re-sent after the resume).
+    with psycopg.connect(db_url, options="-c search_path=platform_admin") as conn:
+        for _ in range(100):
+            if not conn.execute("SELECT count(*) FROM outbox WHERE seq IS NULL").fetchone()[0]:
+                break
+            await asyncio.sleep(0.05)
     writing = asyncio.Event()
     writing.set()
 
