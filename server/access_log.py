@@ -2,7 +2,8 @@
 
 Each line carries the method, status code, duration, principal and a request id (the
 caller's ``x-request-id`` metadata, or a generated one). Successful Evaluate*/Resolve*
-calls (the hot read path, see QUIET_WHEN_OK) are not logged: the metrics count them.
+calls (the hot read path, see QUIET_WHEN_OK) are not logged unless
+PLATFORM_ADMIN_ACCESS_LOG=all: the metrics count them.
 Nothing else from the metadata is read, so tokens (``authorization``) and other secrets
 never reach the log.
 
@@ -67,8 +68,10 @@ QUIET_WHEN_OK = frozenset(
 class AccessLog:
     """Call pipeline observer writing the access log."""
 
-    def __init__(self, log_format: str = "text") -> None:
+    def __init__(self, log_format: str = "text", hot_reads: bool = False) -> None:
         self.json = log_format == "json"
+        # PLATFORM_ADMIN_ACCESS_LOG=all: a line for every call, hot reads included.
+        self.quiet_when_ok = frozenset() if hot_reads else QUIET_WHEN_OK
 
     def on_call_done(
         self,
@@ -78,7 +81,7 @@ class AccessLog:
         principal: Principal | None,
         metadata: Any,
     ) -> None:
-        if code is grpc.StatusCode.OK and method in QUIET_WHEN_OK:
+        if code is grpc.StatusCode.OK and method in self.quiet_when_ok:
             return
         if not log.isEnabledFor(logging.INFO):
             return

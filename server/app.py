@@ -97,7 +97,11 @@ class App:
         # Metrics and the access log see every call; observers passed in come after them.
         self.observers = [
             RpcMetrics(),
-            *([AccessLog(self.settings.log_format)] if self.settings.access_log else []),
+            *(
+                [AccessLog(self.settings.log_format, self.settings.access_log_hot_reads)]
+                if self.settings.access_log
+                else []
+            ),
             *self.observers,
         ]
         # The /metrics listener; `serve` starts it (tests may too).

@@ -165,6 +165,8 @@ class Settings:
     # with several workers, worker i listens on the port + i.
     metrics_listen: str | None = "127.0.0.1:9464"
     access_log: bool = True
+    # PLATFORM_ADMIN_ACCESS_LOG=all: successful hot reads (Evaluate*/Resolve*) logged too.
+    access_log_hot_reads: bool = False
     pool_max_waiting: int = 1000
     # Health prober (server/prober.py). The allow-list guards against server-side request
     # forgery: entries are IP networks, host names or "*.suffix" patterns, "*" for anything.
@@ -221,8 +223,12 @@ class Settings:
             metrics_listen=None
             if env.get("PLATFORM_ADMIN_METRICS_LISTEN", "").strip().lower() == "off"
             else _listen(env, "PLATFORM_ADMIN_METRICS_LISTEN", "127.0.0.1:9464"),
-            access_log=_choice(env, "PLATFORM_ADMIN_ACCESS_LOG", "true", ("true", "false"))
-            == "true",
+            access_log=_choice(env, "PLATFORM_ADMIN_ACCESS_LOG", "true", ("true", "false", "all"))
+            != "false",
+            access_log_hot_reads=_choice(
+                env, "PLATFORM_ADMIN_ACCESS_LOG", "true", ("true", "false", "all")
+            )
+            == "all",
             pool_max_waiting=_int(env, "PLATFORM_ADMIN_POOL_MAX_WAITING", 1000, 0, 1_000_000),
             probe_allowed_hosts=_allowed_hosts(env, "PLATFORM_ADMIN_PROBE_ALLOWED_HOSTS"),
             probe_timeout_s=_float(env, "PLATFORM_ADMIN_PROBE_TIMEOUT_S", 5.0, 0.1, 60),

@@ -202,7 +202,10 @@ async def test_in_flight_and_pool_gauges_follow_a_blocked_call(db_url, settings,
                 call = asyncio.ensure_future(stub.SetConfig(request, timeout=20))
                 for _ in range(100):
                     samples = await asyncio.to_thread(scrape, port)
-                    if samples["platform_admin_rpcs_in_flight"].get((("method", method),)) == 1:
+                    if (
+                        samples.get("platform_admin_rpcs_in_flight", {}).get((("method", method),))
+                        == 1
+                    ):
                         break
                     await asyncio.sleep(0.05)
                 assert value(samples, "platform_admin_rpcs_in_flight", method=method) == 1
@@ -393,3 +396,21 @@ def test_watch_prober_and_read_model_figures_are_live(db_url, tmp_path):
         endpoint.shutdown()
         endpoint.server_close()
         assert stop_server(server) == 0
+
+
+def test_access_log_setting_chooses_which_calls_are_logged(caplog):
+    assert Settings.from_env({}).access_log and not Settings.from_env({}).access_log_hot_reads
+    every = Settings.from_env({"PLATFORM_ADMIN_ACCESS_LOG": "all"})
+    assert every.access_log and every.access_log_hot_reads
+    assert not Settings.from_env({"PLATFORM_ADMIN_ACCESS_LOG": "false"}).access_log
+    with pytest.raises(SettingsError, match="PLATFORM_ADMIN_ACCESS_LOG"):
+        Settings.from_env({"PLATFORM_ADMIN_ACCESS_LOG": "some"})
+
+    caplog.set_level(logging.INFO, logger="platform_admin.access")
+    hot = "/platform_admin.v1.FlagService/EvaluateFlag"
+    for observer in (AccessLog("text"), AccessLog("text", hot_reads=True)):
+        observer.on_call_done(hot, grpc.StatusCode.OK, 0.001, None, ())
+        observer.on_call_done(hot, grpc.StatusCode.NOT_FOUND, 0.001, None, ())
+    lines = [r.getMessage() for r in caplog.records if r.name == "platform_admin.access"]
+    # Default: the failure only; "all": both calls.
+    assert [("status=OK" in line) for line in lines] == [False, True, False]
