@@ -31,7 +31,10 @@ Listener = Callable[[list[ChangeEvent]], None]
 
 POLL_INTERVAL_S = 0.25
 SEQUENCER_INTERVAL_S = 0.01
-SEQUENCER_IDLE_MAX_S = 0.2
+SEQUENCER_IDLE_MAX_S = 0.05
+# After sequencing something the sequencer keeps polling every interval_s this long: writes
+# come in bursts, and rows committed by other processes (or by hand) are found at once.
+SEQUENCER_BUSY_S = 2.0
 READ_BATCH = 1000
 _BACKOFF_START_S = 0.1
 _BACKOFF_MAX_S = 5.0
@@ -241,6 +244,7 @@ class Sequencer:
     async def run(self) -> None:
         delay = _BACKOFF_START_S
         idle = 0.0
+        busy_until = 0.0
         while True:
             try:
                 top = await stream.sequence_batch(self.db, self.batch)
@@ -256,13 +260,16 @@ class Sequencer:
                 # This process's tail need not wait for its own NOTIFY round trip.
                 self.on_sequenced(top)
             if top:
-                idle = 0.0
+                busy_until = time.monotonic() + SEQUENCER_BUSY_S
                 continue
-            # Idle polls back off from interval_s to SEQUENCER_IDLE_MAX_S: each costs two
+            # Quiet polls back off from interval_s to SEQUENCER_IDLE_MAX_S: each costs two
             # round trips, which at 100/s were most of an idle server's CPU. Writes of this
             # process wake it at once (Database.after_commit); rows written by another
             # process are that process's sequencer's to find, or this one's within the cap.
-            idle = min(idle * 2, SEQUENCER_IDLE_MAX_S) if idle else self.interval_s
+            if time.monotonic() < busy_until:
+                idle = self.interval_s
+            else:
+                idle = min(idle * 2, SEQUENCER_IDLE_MAX_S) if idle else self.interval_s
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(idle):
                     await self._wake.wait()
