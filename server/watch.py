@@ -130,7 +130,17 @@ Accept = Callable[[ChangeEvent], bool]
 class Subscriber:
     """One open stream: its bounded queue and how it ends."""
 
-    __slots__ = ("accept", "context", "ended", "events", "kind", "task", "wake")
+    __slots__ = (
+        "accept",
+        "context",
+        "ended",
+        "events",
+        "kind",
+        "lagging",
+        "progress",
+        "task",
+        "wake",
+    )
 
     def __init__(
         self,
@@ -146,6 +156,11 @@ class Subscriber:
         self.events: deque[ChangeEvent] = deque()
         self.wake = asyncio.Event()
         self.ended: DomainError | None = None
+        # Set when the queue overflowed: the stream catches up from the database again.
+        self.lagging = False
+        # Events handled so far (sent or skipped): a stream that makes none while lagging
+        # is stuck in a write to a client that does not read.
+        self.progress = 0
 
 
 class Watch:
@@ -168,8 +183,10 @@ class Watch:
         self._streams: set[Subscriber] = set()
         self._enforcers: set[asyncio.Task[None]] = set()
         self._messages: OrderedDict[tuple[uuid.UUID, str, int], Message] = OrderedDict()
-        # Slow subscribers cut off since start (an operator's counter).
+        # Subscribers that stopped reading and were ended, and streams sent back to the
+        # database after their queue overflowed, since start (operators' counters).
         self.cut_off = 0
+        self.fell_behind = 0
         tail.add_listener(self._on_events)
         tail.add_gap_listener(self._on_gap)
 
@@ -196,16 +213,8 @@ class Watch:
                 if not wanted:
                     continue
                 if len(sub.events) + len(wanted) > self.queue_limit:
-                    self.cut_off += 1
                     metrics.watch_dropped(sub.kind.name, len(sub.events) + len(wanted))
-                    self._end(
-                        sub,
-                        ResourceExhausted(
-                            f"the subscriber fell more than {self.queue_limit} changes behind;"
-                            " resume with the last cursor received",
-                            reason="SUBSCRIBER_TOO_SLOW",
-                        ),
-                    )
+                    self._fall_behind(sub)
                     continue
                 sub.events.extend(wanted)
                 sub.wake.set()
@@ -219,6 +228,35 @@ class Watch:
                     "this server fell behind the change stream; resume with the last cursor"
                     " received",
                     reason="STREAM_RESTARTED",
+                ),
+            )
+
+    def _fall_behind(self, sub: Subscriber) -> None:
+        """A full queue: the queue is dropped and the stream reads from the database again.
+
+        A burst (one transaction changing thousands of rows) only sends readers back to
+        the database. A client that does not read at all is ended: its stream, stuck in
+        a write, makes no progress within STUCK_WRITE_S.
+        """
+        self.fell_behind += 1
+        sub.events.clear()
+        self._live[sub.kind.subject].discard(sub)
+        sub.lagging = True
+        sub.wake.set()
+        checker = asyncio.get_running_loop().create_task(self._check_progress(sub, sub.progress))
+        self._enforcers.add(checker)
+        checker.add_done_callback(self._enforcers.discard)
+
+    async def _check_progress(self, sub: Subscriber, mark: int) -> None:
+        await asyncio.sleep(STUCK_WRITE_S)
+        if sub.ended is None and sub.progress == mark and sub in self._streams:
+            self.cut_off += 1
+            self._end(
+                sub,
+                ResourceExhausted(
+                    f"the subscriber fell more than {self.queue_limit} changes behind and"
+                    " stopped reading; resume with the last cursor received",
+                    reason="SUBSCRIBER_TOO_SLOW",
                 ),
             )
 
@@ -348,65 +386,71 @@ class Watch:
                     snapshot_end=watch_pb2.SnapshotEnd(count=len(snap.payloads)),
                 )
 
-            # Catch up from the database until a short page: near the head.
-            while True:
-                _raise_if_ended(sub)
-                events = await stream.read_after(
-                    self.db, position, CATCH_UP_PAGE, subjects=[kind.subject]
-                )
-                for event in events:
-                    message = self._message(kind, database_id, event, delivered, accept)
-                    position = event.seq
-                    if message is not None:
-                        yield message
-                if len(events) < CATCH_UP_PAGE:
-                    break
-
-            # Go live: from here every batch after the tail's head reaches the queue; the
-            # gap up to that head is read once more from the database.
-            _raise_if_ended(sub)
-            live_from = self.tail.head_seq
-            self._live[kind.subject].add(sub)
-            while live_from > position:
-                events = await stream.read_after(
-                    self.db, position, CATCH_UP_PAGE, upto=live_from, subjects=[kind.subject]
-                )
-                for event in events:
-                    message = self._message(kind, database_id, event, delivered, accept)
-                    position = event.seq
-                    if message is not None:
-                        yield message
-                if len(events) < CATCH_UP_PAGE:
-                    break
-            position = max(position, live_from)
-
-            last_sent = time.monotonic()
-            while True:
-                _raise_if_ended(sub)
-                if sub.events:
-                    event = sub.events.popleft()
-                    if event.seq <= position:
-                        continue
-                    position = event.seq
-                    message = self._message(kind, database_id, event, delivered, accept)
-                    if message is not None:
-                        yield message
-                        last_sent = time.monotonic()
-                    continue
-                idle_for = self.heartbeat_s - (time.monotonic() - last_sent)
-                if idle_for <= 0:
-                    # The queue is empty: every event up to the tail's head was handled.
-                    position = max(position, self.tail.head_seq)
-                    yield kind.response(
-                        cursor=cursor.encode(database_id, position),
-                        heartbeat=watch_pb2.Heartbeat(server_time=_now()),
+            while True:  # each round: catch up from the database, then follow the tail
+                # Catch up from the database until a short page: near the head.
+                while True:
+                    _raise_if_ended(sub)
+                    events = await stream.read_after(
+                        self.db, position, CATCH_UP_PAGE, subjects=[kind.subject]
                     )
-                    last_sent = time.monotonic()
-                    continue
-                sub.wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(idle_for):
-                        await sub.wake.wait()
+                    sub.progress += 1
+                    for event in events:
+                        message = self._message(kind, database_id, event, delivered, accept)
+                        position = event.seq
+                        sub.progress += 1
+                        if message is not None:
+                            yield message
+                    if len(events) < CATCH_UP_PAGE:
+                        break
+
+                # Go live: from here every batch after the tail's head reaches the queue;
+                # the gap up to that head is read once more from the database.
+                _raise_if_ended(sub)
+                sub.lagging = False
+                live_from = self.tail.head_seq
+                self._live[kind.subject].add(sub)
+                while live_from > position:
+                    events = await stream.read_after(
+                        self.db, position, CATCH_UP_PAGE, upto=live_from, subjects=[kind.subject]
+                    )
+                    for event in events:
+                        message = self._message(kind, database_id, event, delivered, accept)
+                        position = event.seq
+                        sub.progress += 1
+                        if message is not None:
+                            yield message
+                    if len(events) < CATCH_UP_PAGE:
+                        break
+                position = max(position, live_from)
+
+                last_sent = time.monotonic()
+                while not sub.lagging:
+                    _raise_if_ended(sub)
+                    if sub.events:
+                        event = sub.events.popleft()
+                        sub.progress += 1
+                        if event.seq <= position:
+                            continue
+                        position = event.seq
+                        message = self._message(kind, database_id, event, delivered, accept)
+                        if message is not None:
+                            yield message
+                            last_sent = time.monotonic()
+                        continue
+                    idle_for = self.heartbeat_s - (time.monotonic() - last_sent)
+                    if idle_for <= 0:
+                        # The queue is empty: every event up to the tail's head was handled.
+                        position = max(position, self.tail.head_seq)
+                        yield kind.response(
+                            cursor=cursor.encode(database_id, position),
+                            heartbeat=watch_pb2.Heartbeat(server_time=_now()),
+                        )
+                        last_sent = time.monotonic()
+                        continue
+                    sub.wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(idle_for):
+                            await sub.wake.wait()
         finally:
             metrics.watch_unsubscribed(kind.name)
             self._streams.discard(sub)

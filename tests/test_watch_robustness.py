@@ -176,6 +176,28 @@ async def test_client_that_stops_reading_is_cut_off_others_unaffected(
     await fast.stop()
 
 
+async def test_burst_larger_than_the_queue_is_read_from_the_database_without_error(
+    app: App, channel: grpc.aio.Channel, db_url: str
+) -> None:
+    app.watch.queue_limit = 50
+    readers = [watch(channel) for _ in range(3)]
+    for w in readers:
+        await w.until(lambda w: w.snapshot_done())
+    async with await connect(db_url) as conn, conn.transaction():
+        for i in range(300):  # one transaction: one tail batch, six queues' worth
+            await change_flag(conn, f"bulk-{i:03d}")
+    for w in readers:
+        await w.until(lambda w: len(w.changes()) >= 300, 20)
+    assert app.watch.fell_behind >= 1
+    assert app.watch.cut_off == 0
+    await commit_flag(db_url, "after-burst")
+    for w in readers:
+        await w.until(lambda w: len(w.changes()) >= 301, 10)
+        assert w.changes() == [(f"bulk-{i:03d}", 1) for i in range(300)] + [("after-burst", 1)]
+        assert w.error is None
+        await w.stop()
+
+
 async def test_client_cancel_unregisters_without_leaks(
     app: App, channel: grpc.aio.Channel, db_url: str, sql: psycopg.Connection
 ) -> None:
