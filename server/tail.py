@@ -267,9 +267,13 @@ class Sequencer:
             # process wake it at once (Database.after_commit); rows written by another
             # process are that process's sequencer's to find, or this one's within the cap.
             if time.monotonic() < busy_until:
+                # Busy: the fixed cadence batches the commits of this interval into one
+                # sequencing transaction (a wake per commit would double the fsyncs).
                 idle = self.interval_s
-            else:
-                idle = min(idle * 2, SEQUENCER_IDLE_MAX_S) if idle else self.interval_s
+                await asyncio.sleep(idle)
+                self._wake.clear()
+                continue
+            idle = min(idle * 2, SEQUENCER_IDLE_MAX_S) if idle else self.interval_s
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(idle):
                     await self._wake.wait()
