@@ -103,8 +103,9 @@ WATCH_SENT = Counter(
 )
 WATCH_DROPPED = Counter(
     "platform_admin_watch_events_dropped",
-    "Change events not delivered because a slow subscriber was cut off (it resumes by"
-    " cursor), by stream.",
+    "Change events dropped from a slow subscriber's in-memory queue, by stream: the stream"
+    " reads them again from the database (or, if it stopped reading, is ended and resumes"
+    " by cursor); none is lost.",
     ["stream"],
 )
 PROBE_RESULTS = Counter(
