@@ -7,7 +7,6 @@ replicas in one event loop, and ``serve`` in cli.py runs one until a signal arri
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -223,11 +222,29 @@ class App:
         await self.watch.close(timeout=max(grace, 0.5))
         if stopping is not None:
             await stopping
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_all(self._tasks)
         self._tasks.clear()
         self.read_model.stop()
         await self.db.close()
+
+
+async def cancel_all(tasks: list[asyncio.Task[None]], timeout: float = 5.0) -> None:
+    """Cancels background tasks and waits for them, re-cancelling until they end.
+
+    A single cancel can be lost (a task catching it, or asyncio races of Python 3.11 where
+    an inner await completes in the same step), which would make shutdown wait forever;
+    repeating the cancel until the task is done keeps stop bounded.
+    """
+    pending = {t for t in tasks if not t.done()}
+    deadline = asyncio.get_running_loop().time() + timeout
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)
+        if pending and asyncio.get_running_loop().time() > deadline:
+            names = ", ".join(t.get_name() for t in pending)
+            log.error("background tasks did not stop within %.1fs: %s", timeout, names)
+            break
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.warning("background task %s ended with %r", task.get_name(), task.exception())

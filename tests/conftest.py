@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 
@@ -57,7 +59,19 @@ async def app(db_url: str, settings: Settings) -> AsyncIterator[App]:
     application = App(replace(settings), db_url)
     await application.start()
     yield application
-    await application.stop(grace=0)
+    await stop_or_explain(application)
+
+
+async def stop_or_explain(application: App, timeout: float = 20.0) -> None:
+    """Stops the app; if that hangs, fails with every task's stack instead of a bare timeout."""
+    try:
+        async with asyncio.timeout(timeout):
+            await application.stop(grace=0)
+    except TimeoutError:
+        out = io.StringIO()
+        for task in asyncio.all_tasks():
+            task.print_stack(file=out)
+        raise AssertionError(f"App.stop did not finish in {timeout}s:\n{out.getvalue()}") from None
 
 
 @pytest.fixture
