@@ -8,6 +8,7 @@ reads the stream here returns :class:`ChangeEvent` values; nothing here knows gR
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import psycopg
 from psycopg.rows import class_row, dict_row
 
 from domain.errors import OutOfRange
+from storage import outbox
 from storage.db import Database
 
 # Advisory lock keys (transaction-scoped): one sequencer, one pruner at a time.
@@ -218,16 +220,31 @@ class Snapshot:
     payloads: list[dict[str, Any]]
 
 
+_UNSEQUENCED_OF = "SELECT EXISTS (SELECT 1 FROM outbox WHERE seq IS NULL AND subject = %s)"
+_SNAPSHOT_ATTEMPTS = 5
+
+
 async def _snapshot(db: Database, query: str, params: dict[str, Any], kind: str) -> Snapshot:
-    async with db.read() as conn, conn.transaction():
-        # One REPEATABLE READ snapshot for rows and head: every event with seq <= head
-        # is already reflected in the rows (seq is assigned after the change committed).
-        await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        cur = await conn.execute(_HEAD)
-        head_row = await cur.fetchone()
-        rows_cur = conn.cursor(row_factory=dict_row)
-        await rows_cur.execute(query, params)
-        rows = await rows_cur.fetchall()
+    subject = outbox.FLAG_CHANGED if kind == "flag" else outbox.CONFIG_CHANGED
+    for attempt in range(_SNAPSHOT_ATTEMPTS):
+        async with db.read() as conn, conn.transaction():
+            # One REPEATABLE READ snapshot for rows and head: every event with seq <= head
+            # is already reflected in the rows (seq is assigned after the change committed).
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            cur = await conn.execute(_HEAD)
+            head_row = await cur.fetchone()
+            rows_cur = conn.cursor(row_factory=dict_row)
+            await rows_cur.execute(query, params)
+            rows = await rows_cur.fetchall()
+            # A change committed but not yet sequenced is in the rows yet would also come
+            # after head: a client resuming from this snapshot's cursor would get it twice.
+            # Sequence it and take the snapshot again (a few times; versions still dedupe).
+            cur = await conn.execute(_UNSEQUENCED_OF, (subject,))
+            pending_row = await cur.fetchone()
+        if not (pending_row and pending_row[0]) or attempt == _SNAPSHOT_ATTEMPTS - 1:
+            break
+        if not await sequence_batch(db):
+            await asyncio.sleep(0.01 * (attempt + 1))
     head_seq = int(head_row[0]) if head_row else 0
     if kind == "flag":
         return Snapshot(head_seq, [_flag_payload(r) for r in rows])

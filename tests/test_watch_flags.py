@@ -203,3 +203,28 @@ async def test_expired_foreign_and_future_cursors_are_out_of_range(
     assert error.code() == grpc.StatusCode.OUT_OF_RANGE
     assert error_reason(error) == "CURSOR_EXPIRED"
     assert "another database" in (error.details() or "")
+
+
+async def test_resuming_from_a_snapshot_never_repeats_a_version_it_contained(app, channel, db_url):
+    """A change committed but not yet sequenced when the snapshot is read is in the snapshot;
+    resuming from the snapshot's cursor must not deliver that version again."""
+    lock = await connect(db_url)
+    try:
+        # Hold the sequencer back so the change is still unsequenced when the snapshot runs.
+        await lock.execute("BEGIN")
+        await lock.execute("SELECT pg_advisory_xact_lock(%s)", (stream.SEQUENCER_LOCK,))
+        version = await commit_flag(db_url, "snap.pending")
+        first = watch(channel)
+        await asyncio.sleep(0.05)
+        await lock.execute("COMMIT")
+        await first.until(lambda w: w.snapshot_done())
+        assert first.snapshot()["snap.pending"] == version
+        cursor_after_snapshot = first.last_cursor()
+        await first.stop()
+    finally:
+        await lock.close()
+    later = await commit_flag(db_url, "snap.later")
+    resumed = watch(channel, cursor=cursor_after_snapshot)
+    await resumed.until(lambda w: ("snap.later", later) in w.changes())
+    assert ("snap.pending", version) not in resumed.changes()
+    await resumed.stop()
