@@ -34,8 +34,8 @@ test-faults: $(STAMP) ## Run the fault-injection suite (bounded in time)
 
 lint: $(STAMP) ## buf lint + format, ruff, mypy
 	cd protos && ../$(BIN)/buf lint && ../$(BIN)/buf format -d --exit-code
-	$(BIN)/ruff check server storage domain tests
-	$(BIN)/ruff format --check server storage domain tests
+	$(BIN)/ruff check server storage domain tests bench
+	$(BIN)/ruff format --check server storage domain tests bench
 	$(BIN)/mypy
 
 generate: $(STAMP) ## Regenerate generated/ from protos/

@@ -156,7 +156,7 @@ async def _time(calls: int, call: Callable[[], Awaitable[Any]]) -> tuple[list[fl
 
 
 async def measure(port: int, ids: list[str]) -> list[tuple[str, list[float], str]]:
-    rng = random.Random(5)  # noqa: S311  (sampling, not secrets)
+    rng = random.Random(5)
     now = datetime.now(UTC)
     rows = []
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:

@@ -170,7 +170,7 @@ class Load:
             await self._call("write", self.flag.CreateFlag(flag_pb2.CreateFlagRequest(key=key)))
 
     async def config_writer(self, seed: int) -> None:
-        rng = random.Random(seed)  # noqa: S311
+        rng = random.Random(seed)
         values: dict[str, int] = {}
         while self.running:
             tenant = rng.choice(self.tenants)
@@ -190,7 +190,7 @@ class Load:
             await asyncio.sleep(0.1)
 
     async def flag_writer(self, seed: int) -> None:
-        rng = random.Random(seed)  # noqa: S311
+        rng = random.Random(seed)
         n = 0
         while self.running:
             n += 1
@@ -206,7 +206,7 @@ class Load:
             await asyncio.sleep(0.2)
 
     async def reader(self, seed: int) -> None:
-        rng = random.Random(seed)  # noqa: S311
+        rng = random.Random(seed)
         while self.running:
             tenant = rng.choice(self.tenants)
             choice = rng.randrange(4)
@@ -245,7 +245,7 @@ class Load:
 async def probed_endpoint() -> tuple[web.AppRunner, str, Counter[str]]:
     """A loopback HTTP health endpoint for the prober: mostly 200, sometimes 503."""
     hits: Counter[str] = Counter()
-    rng = random.Random(7)  # noqa: S311
+    rng = random.Random(7)
 
     async def handle(request: web.Request) -> web.Response:
         status = 503 if rng.random() < 0.1 else 200
@@ -313,7 +313,7 @@ async def soak(conninfo: str) -> int:
         # The probed sources are this script's loopback endpoint.
         "PLATFORM_ADMIN_PROBE_ALLOWED_HOSTS": "127.0.0.1/32",
     }
-    server = subprocess.Popen(  # noqa: ASYNC220, S603
+    server = subprocess.Popen(  # noqa: ASYNC220
         [str(BIN / "platform-admin"), "serve"], env=env, stdout=log_file, stderr=subprocess.STDOUT
     )
     runner, url, hits = await probed_endpoint()
