@@ -32,7 +32,8 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class Proxy:
-    """Forwards 127.0.0.1:<port> to the database; ``close`` cuts every connection."""
+    """Forwards 127.0.0.1:<port> to the database (TCP or its Unix socket); ``close`` cuts
+    every connection."""
 
     def __init__(self, host: str, port: int) -> None:
         self.target = (host, port)
@@ -54,7 +55,11 @@ class Proxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
+            host, port = self.target
+            if host.startswith("/"):  # the embedded server listens on a Unix socket only
+                up_reader, up_writer = await asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
+            else:
+                up_reader, up_writer = await asyncio.open_connection(host, port)
         except OSError:
             writer.transport.abort()
             return
@@ -76,8 +81,6 @@ class Proxy:
 async def proxy(db_url: str) -> AsyncIterator[tuple[Proxy, str]]:
     parts = conninfo_to_dict(db_url)
     host = str(parts.get("host") or "127.0.0.1")
-    if host.startswith("/"):
-        pytest.skip("the test database is reached over a Unix socket; the proxy needs TCP")
     proxy = Proxy(host, int(parts.get("port") or 5432))
     await proxy.open()
     yield proxy, make_conninfo(db_url, host="127.0.0.1", port=str(proxy.port))
