@@ -187,11 +187,18 @@ async def _prune_health_results(db: Database) -> int:
     return await health.prune_results(db)
 
 
+async def _prune_config_history(db: Database) -> int:
+    from storage import configs
+
+    return await configs.prune_history(db)
+
+
 # Retention jobs of `platform-admin prune`, in order: name -> job(db) returning rows removed.
 # Each job is batched and takes its own advisory lock, so every replica may run it (cron).
 PRUNE_JOBS: dict[str, Callable[[Database], Awaitable[int]]] = {
     "outbox": _prune_outbox,
     "health_check_results": _prune_health_results,
+    "config_history": _prune_config_history,
 }
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -14,7 +14,7 @@ from domain.config_keys import ConfigTarget, ConfigValue, Scope
 from domain.errors import Aborted, FailedPrecondition, NotFound
 from domain.etags import check_etag
 from domain.ids import new_ulid
-from storage import outbox
+from storage import outbox, retention
 from storage.db import Database
 
 
@@ -321,3 +321,33 @@ async def history(
         cur = conn.cursor(row_factory=class_row(HistoryRow))
         await cur.execute(_HISTORY, params)
         return await cur.fetchall()
+
+
+# config_history is kept for 7 years (SPEC 3.6); pruned by `platform-admin prune`.
+HISTORY_RETENTION = timedelta(days=7 * 365 + 2)
+HISTORY_PRUNE_LOCK = 0x5041_4348_4953_0001
+_PRUNE_HISTORY = """
+DELETE FROM config_history
+ WHERE id = ANY(ARRAY(SELECT id FROM config_history
+                       WHERE changed_at < %(before)s
+                       ORDER BY changed_at
+                       LIMIT %(limit)s))
+"""
+
+
+async def prune_history(
+    db: Database,
+    *,
+    older_than: timedelta = HISTORY_RETENTION,
+    batch: int = 5000,
+    max_batches: int = 0,
+) -> int:
+    """Deletes history entries older than ``older_than`` (7 years) in batches; the count."""
+    return await retention.prune_in_batches(
+        db,
+        lock_id=HISTORY_PRUNE_LOCK,
+        delete_sql=_PRUNE_HISTORY,
+        older_than=older_than,
+        batch=batch,
+        max_batches=max_batches,
+    )

@@ -22,7 +22,7 @@ from domain.errors import NotFound, PermissionDenied
 from domain.etags import check_etag
 from domain.health import Damping, Status
 from domain.ids import HEALTH_CHECK_RESULT, HEALTH_SOURCE, new_ulid, with_prefix
-from storage import outbox
+from storage import outbox, retention
 from storage.db import Database, register_unique_constraint
 
 register_unique_constraint(
@@ -214,7 +214,6 @@ UPDATE health_sources AS s
                  FOR UPDATE SKIP LOCKED)
 RETURNING s.id, s.service_id, s.health_url
 """
-_TRY_LOCK = "SELECT pg_try_advisory_xact_lock(%s)"
 _PRUNE = """
 DELETE FROM health_check_results
  WHERE id = ANY(ARRAY(SELECT id FROM health_check_results
@@ -477,33 +476,12 @@ async def prune_results(
     batch: int = 5000,
     max_batches: int = 0,
 ) -> int:
-    """Deletes results older than ``older_than`` in batches; returns the count.
-
-    Each batch is its own transaction under a transaction-scoped advisory lock: when
-    another replica is pruning, this one stops at once instead of competing for rows.
-    The cut-off is fixed at the start so the job ends even while results keep arriving.
-    """
-    total = 0
-    batches = 0
-    cutoff: datetime | None = None
-
-    async def work(conn: psycopg.AsyncConnection) -> int | None:
-        nonlocal cutoff
-        locked = await (await conn.execute(_TRY_LOCK, (PRUNE_LOCK,))).fetchone()
-        if locked is None or not locked[0]:
-            return None
-        if cutoff is None:
-            now_row = await (await conn.execute("SELECT now()")).fetchone()
-            assert now_row is not None
-            cutoff = now_row[0] - older_than
-        cur = await conn.execute(_PRUNE, {"before": cutoff, "limit": batch})
-        return cur.rowcount
-
-    while True:
-        done = await db.transaction(work)
-        if done is None:
-            return total
-        total += done
-        batches += 1
-        if done < batch or (max_batches and batches >= max_batches):
-            return total
+    """Deletes check results older than ``older_than`` (30 days) in batches; returns the count."""
+    return await retention.prune_in_batches(
+        db,
+        lock_id=PRUNE_LOCK,
+        delete_sql=_PRUNE,
+        older_than=older_than,
+        batch=batch,
+        max_batches=max_batches,
+    )
