@@ -23,6 +23,7 @@ from server.convert import (
     SCOPE_TO_PROTO,
     VALUE_TYPE_TO_PROTO,
     scope_from_proto,
+    source_scope_to_proto,
     timestamp,
     value_from_proto,
     value_to_proto,
@@ -252,7 +253,7 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         value, scope = resolve(spec, live.get(spec.key, {}))
         return config_pb2.ResolveConfigResponse(
             value=value_to_proto(value),
-            source_scope=SCOPE_TO_PROTO[scope] if scope else config_pb2.CONFIG_SCOPE_UNSPECIFIED,
+            source_scope=source_scope_to_proto(scope),
         )
 
     async def ResolveConfigs(
@@ -276,9 +277,7 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
             response.configs.add(
                 key=spec.key,
                 value=value_to_proto(value),
-                source_scope=SCOPE_TO_PROTO[scope]
-                if scope
-                else config_pb2.CONFIG_SCOPE_UNSPECIFIED,
+                source_scope=source_scope_to_proto(scope),
             )
         return response
 

@@ -43,6 +43,11 @@ def scope_from_proto(field: str, value: int, *, required: bool) -> Scope | None:
     return scope
 
 
+def source_scope_to_proto(scope: Scope | None) -> config_pb2.ConfigScope:
+    """Where a resolved value came from; UNSPECIFIED means the key's default."""
+    return SCOPE_TO_PROTO[scope] if scope else config_pb2.CONFIG_SCOPE_UNSPECIFIED
+
+
 def value_to_proto(value: ConfigValue) -> config_pb2.ConfigValue:
     if isinstance(value, bool):
         return config_pb2.ConfigValue(bool_value=value)

@@ -42,7 +42,7 @@ from domain import read_model as rm
 from domain.config_keys import ConfigKeySpec
 from domain.errors import NotFound, Unavailable
 from domain.flags import Evaluation, Reason
-from server.convert import SCOPE_TO_PROTO, value_to_proto
+from server.convert import source_scope_to_proto, value_to_proto
 from storage import outbox, stream
 from storage.configs import ConfigRow
 from storage.db import Database
@@ -412,9 +412,7 @@ class ReadModel:
             value, scope = self.state.resolve(spec, tenant_id, node_id)
             cached = config_pb2.ResolveConfigResponse(
                 value=value_to_proto(value),
-                source_scope=SCOPE_TO_PROTO[scope]
-                if scope
-                else config_pb2.CONFIG_SCOPE_UNSPECIFIED,
+                source_scope=source_scope_to_proto(scope),
             )
             self._config_answers.put(tenant_id, cache_key, cached)
         return cached
@@ -433,9 +431,7 @@ class ReadModel:
                 response.configs.add(
                     key=spec.key,
                     value=value_to_proto(value),
-                    source_scope=SCOPE_TO_PROTO[scope]
-                    if scope
-                    else config_pb2.CONFIG_SCOPE_UNSPECIFIED,
+                    source_scope=source_scope_to_proto(scope),
                 )
             cached = response.SerializeToString()
             self._config_answers.put(tenant_id, cache_key, cached)
