@@ -61,6 +61,21 @@ class RunningServer:
         return self.log_path.read_text(errors="replace")
 
 
+def run_command(db_url: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Runs ``platform-admin ARGS`` against ``db_url`` with no other PLATFORM_ADMIN_* settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLATFORM_ADMIN_")}
+    env["DATABASE_URL"] = db_url
+    return subprocess.run(
+        [PLATFORM_ADMIN, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def start_server(
     db_url: str, tmp_path: Path, env: Mapping[str, str] | None = None, timeout: float = 30
 ) -> RunningServer:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -14,7 +12,7 @@ from server.app import pool_settings
 from server.settings import Settings
 from storage import configs
 from storage.db import Database
-from tests.grpcurl_server import PLATFORM_ADMIN, ROOT
+from tests.grpcurl_server import run_command
 
 
 @pytest.fixture
@@ -68,18 +66,7 @@ async def test_a_replica_already_pruning_makes_this_one_stop(db, sql, db_url):
 def test_prune_command_runs_the_history_job(db_url, sql):
     _history(sql, 20, 9)
     _history(sql, 5, 1)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PLATFORM_ADMIN_")} | {
-        "DATABASE_URL": db_url
-    }
-    done = subprocess.run(
-        [PLATFORM_ADMIN, "prune", "--only", "config_history"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_command(db_url, "prune", "--only", "config_history")
     assert done.returncode == 0, done.stderr
     assert "config_history: removed 20" in done.stdout
     assert _ages(sql) == (0, 5)

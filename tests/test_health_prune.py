@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -14,7 +12,7 @@ from server.app import pool_settings
 from server.settings import Settings
 from storage import health
 from storage.db import Database
-from tests.grpcurl_server import PLATFORM_ADMIN, ROOT
+from tests.grpcurl_server import run_command
 
 SOURCE = "01JHS00000000000000000000A"
 
@@ -91,18 +89,7 @@ async def test_prune_yields_to_a_concurrent_pruner(
 def test_prune_command_runs_the_health_job(db_url: str, seeded: psycopg.Connection) -> None:
     _results(seeded, 30, 60, 31)
     _results(seeded, 5, 2, 1)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PLATFORM_ADMIN_")} | {
-        "DATABASE_URL": db_url
-    }
-    done = subprocess.run(
-        [PLATFORM_ADMIN, "prune", "--only", "health_check_results"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_command(db_url, "prune", "--only", "health_check_results")
     assert done.returncode == 0, done.stderr
     assert "health_check_results: removed 30" in done.stdout
     assert _ages(seeded) == (0, 5)

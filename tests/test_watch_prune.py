@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import uuid
 from dataclasses import replace
 
@@ -16,7 +14,7 @@ from server.app import pool_settings
 from server.settings import Settings
 from storage import stream
 from storage.db import Database
-from tests.grpcurl_server import PLATFORM_ADMIN, ROOT
+from tests.grpcurl_server import run_command
 
 
 def _rows(sql: psycopg.Connection, count: int, age: str, sequenced: bool) -> None:
@@ -77,18 +75,7 @@ async def test_prune_yields_to_a_concurrent_pruner(
 def test_prune_command(db_url: str, sql: psycopg.Connection) -> None:
     _rows(sql, 6, "10 days", sequenced=True)
     _rows(sql, 2, "1 day", sequenced=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PLATFORM_ADMIN_")} | {
-        "DATABASE_URL": db_url
-    }
-    done = subprocess.run(
-        [PLATFORM_ADMIN, "prune", "--only", "outbox"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_command(db_url, "prune", "--only", "outbox")
     assert done.returncode == 0, done.stderr
     assert "outbox: removed 6" in done.stdout
     assert sql.execute("SELECT count(*) FROM outbox").fetchone()[0] == 2

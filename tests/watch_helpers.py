@@ -11,13 +11,13 @@ from typing import Any
 
 import grpc
 import psycopg
-from google.rpc import error_details_pb2, status_pb2
 from platform_admin.v1 import flag_pb2, flag_pb2_grpc
 
 from server.app import App
 from server.settings import Settings
 from storage import outbox
 from storage.flags import FlagRow
+from tests.helpers import failure_of
 
 FLAG_COLUMNS = (
     "key, description, default_enabled, enabled_tenant_ids, disabled_tenant_ids,"
@@ -146,15 +146,7 @@ def watch(channel: grpc.aio.Channel, cursor: str = "", keys: list[str] | None = 
 
 
 def error_reason(error: grpc.aio.AioRpcError) -> str:
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            status = status_pb2.Status.FromString(value)
-            for detail in status.details:
-                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                    info = error_details_pb2.ErrorInfo()
-                    detail.Unpack(info)
-                    return str(info.reason)
-    return ""
+    return failure_of(error).reason
 
 
 @contextlib.asynccontextmanager
