@@ -118,7 +118,7 @@ def bench_server_url() -> Iterator[str]:
     if url:
         yield url
         return
-    from server import embedded_db
+    from server.ops import embedded_db
 
     handle, uri = embedded_db.start(ROOT / ".data", name="pg-bench")
     try:

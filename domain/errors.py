@@ -1,6 +1,6 @@
 """Domain errors: the one vocabulary both storage and server speak.
 
-Each class names the gRPC status it becomes (see server/errors.py, the one mapping);
+Each class names the gRPC status it becomes (see server/rpc/errors.py, the one mapping);
 storage and pure rules raise these and never build transport errors themselves.
 Messages are written for the caller: they name the field and the reason, and never
 contain SQL, stack traces or data the caller may not see.

@@ -19,18 +19,18 @@ from platform_admin.v1 import config_pb2, config_pb2_grpc, flag_pb2, flag_pb2_gr
 from platform_admin.v1 import health_pb2 as health_api_pb2
 from platform_admin.v1 import health_pb2_grpc as health_api_pb2_grpc
 
-from server import metrics
-from server.access_log import AccessLog
-from server.config_service import ConfigServicer
-from server.flag_service import FlagServicer
-from server.health_service import HealthServicer
-from server.metrics import MetricsServer, RpcMetrics
-from server.pipeline import AllowAll, Authorizer, CallObserver, Pipeline
-from server.prober import Prober, ProberConfig, prune_loop
-from server.read_model import ReadModel
+from server.changes.read_model import ReadModel
+from server.changes.tail import Sequencer, Tail
+from server.ops import metrics
+from server.ops.metrics import MetricsServer, RpcMetrics
+from server.ops.prober import Prober, ProberConfig, prune_loop
+from server.rpc.access_log import AccessLog
+from server.rpc.config_service import ConfigServicer
+from server.rpc.flag_service import FlagServicer
+from server.rpc.health_service import HealthServicer
+from server.rpc.pipeline import AllowAll, Authorizer, CallObserver, Pipeline
+from server.rpc.watch import Watch
 from server.settings import Settings
-from server.tail import Sequencer, Tail
-from server.watch import Watch
 from storage.db import Database, PoolSettings
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class App:
     def __post_init__(self) -> None:
         self.db = Database(pool_settings(self.settings, self.conninfo))
         # The change stream: one tail per process feeds every watch stream; every replica
-        # runs a sequencer, the advisory lock lets one at a time work (server/tail.py).
+        # runs a sequencer, the advisory lock lets one at a time work (server/changes/tail.py).
         self.tail = Tail(self.db, pool_settings(self.settings, self.conninfo))
         self.sequencer = Sequencer(self.db)
         self.sequencer.on_sequenced = lambda _top: self.tail.wake()
@@ -118,7 +118,7 @@ class App:
             self.sequencer.run,
             self.read_model.run,
         ]
-        # Health probes and result retention (server/prober.py); timings come from settings
+        # Health probes and result retention (server/ops/prober.py); timings come from settings
         # so tests can run them fast.
         self.prober = Prober(self.db, ProberConfig.from_settings(self.settings))
         if self.settings.probe_enabled:

@@ -11,9 +11,9 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from server import logs, workers
-from server.pipeline import AllowAll, Authorizer
-from server.principal import ALL_ROLES
+from server.ops import logs, workers
+from server.rpc.pipeline import AllowAll, Authorizer
+from server.security.principal import ALL_ROLES
 from server.settings import Settings, SettingsError
 from storage.db import Database
 from storage.migrate import migrate
@@ -25,7 +25,7 @@ def database_url(settings: Settings) -> tuple[object | None, str]:
     """DATABASE_URL when set, else the embedded PostgreSQL under the data directory."""
     if settings.database_url:
         return None, settings.database_url
-    from server import embedded_db
+    from server.ops import embedded_db
 
     return embedded_db.start(settings.data_dir)
 
@@ -73,7 +73,7 @@ async def _serve(
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    from server import auth, tls
+    from server.security import auth, tls
 
     # Security is settled before anything starts: an unsafe configuration never listens.
     try:
@@ -102,8 +102,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def serve_worker(settings: Settings, conninfo: str) -> int:
-    """One of several ``serve`` processes (server/workers.py): same port, own resources."""
-    from server import auth, tls
+    """One of several ``serve`` processes (server/ops/workers.py): same port, own resources."""
+    from server.security import auth, tls
 
     authorizer = auth.authorizer_for(settings)
     credentials = tls.server_credentials(settings)
@@ -141,7 +141,7 @@ def token_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
     """Prints an HS256 token signed with PLATFORM_ADMIN_JWT_SECRET, checked as a server would."""
     from domain.errors import Unauthenticated
-    from server import auth
+    from server.security import auth
 
     if not settings.jwt_secret:
         print(

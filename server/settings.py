@@ -161,14 +161,14 @@ class Settings:
     migrate_on_start: bool = True
     # WatchFlags / WatchConfigs: seconds between heartbeats on an idle stream.
     watch_heartbeat_s: float = 15.0
-    # Operations (server/metrics.py, server/access_log.py). metrics_listen None: no listener;
-    # with several workers, worker i listens on the port + i.
+    # Operations (server/ops/metrics.py, server/rpc/access_log.py). metrics_listen None: no
+    # listener; with several workers, worker i listens on the port + i.
     metrics_listen: str | None = "127.0.0.1:9464"
     access_log: bool = True
     # PLATFORM_ADMIN_ACCESS_LOG=all: successful hot reads (Evaluate*/Resolve*) logged too.
     access_log_hot_reads: bool = False
     pool_max_waiting: int = 1000
-    # Health prober (server/prober.py). The allow-list guards against server-side request
+    # Health prober (server/ops/prober.py). The allow-list guards against server-side request
     # forgery: entries are IP networks, host names or "*.suffix" patterns, "*" for anything.
     probe_allowed_hosts: tuple[str, ...] = DEFAULT_ALLOWED_HOSTS
     probe_timeout_s: float = 5.0
@@ -176,7 +176,8 @@ class Settings:
     probe_concurrency: int = 32
     probe_enabled: bool = True
     health_prune_interval_s: float = 3600.0
-    # Security (server/auth.py, server/tls.py). auth is "jwt" or "off"; "off" only on loopback.
+    # Security (server/security/auth.py, server/security/tls.py). auth is "jwt" or "off";
+    # "off" only on loopback.
     auth: str = "off"
     jwt_secret: str | None = None
     jwt_public_key_file: str | None = None

@@ -18,7 +18,7 @@ import psycopg.sql
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
 from server.app import App
-from server.auth import JwtAuthorizer, TokenVerifier, VerificationKey
+from server.security.auth import JwtAuthorizer, TokenVerifier, VerificationKey
 from server.settings import Settings
 from tests.helpers import TENANT_A, TENANT_B
 

@@ -24,7 +24,7 @@ def admin_url() -> str:
     url = os.environ.get("DATABASE_URL", "").strip()
     if url:
         return url
-    from server import embedded_db
+    from server.ops import embedded_db
 
     _, uri = embedded_db.start(ROOT / ".data", name="pg-test")
     return uri

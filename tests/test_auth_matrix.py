@@ -1,6 +1,6 @@
 """Role x RPC: every role against every RPC of every served service, with real tokens.
 
-The expectations below are written from the issue, not read from server/policy.py, so
+The expectations below are written from the issue, not read from server/security/policy.py, so
 a wrong line in the policy fails here. Each test gets its own database and server.
 """
 

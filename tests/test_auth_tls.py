@@ -16,8 +16,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from platform_admin.v1 import config_pb2 as pb
 from platform_admin.v1 import config_pb2_grpc
 
+from server.security.tls import server_credentials
 from server.settings import Settings, SettingsError
-from server.tls import server_credentials
 from tests.auth_helpers import READER, as_caller, running_app
 
 REQUEST = pb.GetConfigRequest(key="global.password_min_length", scope=pb.CONFIG_SCOPE_PLATFORM)

@@ -19,9 +19,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from platform_admin.v1 import config_pb2 as pb
 from platform_admin.v1 import config_pb2_grpc
 
-from server import policy
-from server.auth import LEEWAY_S, load_key
-from server.principal import ALL_ROLES, PLATFORM_ADMIN
+from server.security import policy
+from server.security.auth import LEEWAY_S, load_key
+from server.security.principal import ALL_ROLES, PLATFORM_ADMIN
 from server.settings import Settings, SettingsError
 from tests.auth_helpers import (
     ADMIN,
@@ -58,7 +58,9 @@ def test_every_rpc_of_every_service_has_a_policy():
     methods = dict(all_methods())
     assert len(methods) >= 20  # ConfigService and FlagService at least: the walk found them
     missing = [name for name in methods if name not in policy.POLICY]
-    assert not missing, f"RPCs without a line in server/policy.py (denied to all): {missing}"
+    assert not missing, (
+        f"RPCs without a line in server/security/policy.py (denied to all): {missing}"
+    )
 
 
 def test_policy_names_only_real_rpcs_of_the_services_it_knows():

@@ -19,8 +19,8 @@ from platform_admin.v1 import flag_pb2_grpc
 
 from domain.flags import Override, apply_override
 from server.app import App
-from server.flag_service import FlagServicer
-from server.principal import PLATFORM_ADMIN, SERVICE, TENANT_ADMIN, Principal
+from server.rpc.flag_service import FlagServicer
+from server.security.principal import PLATFORM_ADMIN, SERVICE, TENANT_ADMIN, Principal
 from server.settings import Settings
 from tests.helpers import TENANT_A, TENANT_B, expect_error
 
@@ -724,7 +724,7 @@ async def test_a_change_whose_outbox_row_fails_leaves_nothing(flags, sql):
 
 
 class _FakeWatch:
-    """Stands in for server/watch.py: echoes the request's keys as snapshot flags."""
+    """Stands in for server/rpc/watch.py: echoes the request's keys as snapshot flags."""
 
     async def WatchFlags(self, request, context):
         for i, key in enumerate(request.keys):

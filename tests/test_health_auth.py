@@ -12,7 +12,7 @@ from platform_admin.v1 import health_pb2 as pb
 from platform_admin.v1 import health_pb2_grpc
 
 from server.app import App
-from server.auth import JwtAuthorizer, TokenVerifier, VerificationKey, mint
+from server.security.auth import JwtAuthorizer, TokenVerifier, VerificationKey, mint
 from server.settings import Settings
 from tests.helpers import expect_error
 

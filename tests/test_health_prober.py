@@ -21,7 +21,7 @@ from platform_admin.v1 import health_pb2_grpc as pb_grpc
 
 from domain.health import AllowList, Status
 from server.app import App, pool_settings
-from server.prober import HttpProbe, ProberConfig, probe
+from server.ops.prober import HttpProbe, ProberConfig, probe
 from server.settings import Settings
 from storage.db import Database
 from storage.health import claim_due

@@ -21,9 +21,9 @@ from platform_admin.v1 import config_pb2 as pb
 from platform_admin.v1 import config_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from server import metrics
-from server.access_log import AccessLog, request_id
 from server.app import App
+from server.ops import metrics
+from server.rpc.access_log import AccessLog, request_id
 from server.settings import Settings, SettingsError
 from tests.grpcurl_server import GRPCURL, free_port, start_server, stop_server
 from tests.helpers import TENANT_A, expect_error
@@ -161,7 +161,7 @@ async def test_access_log_json_lines_carry_the_fields(app, caplog):
         (("authorization", "Bearer secret-token"), ("x-request-id", "abc\nINJECTED")),
     )
     (record,) = [r for r in caplog.records if r.name == "platform_admin.access"]
-    from server.logs import JsonFormatter
+    from server.ops.logs import JsonFormatter
 
     line = json.loads(JsonFormatter().format(record))
     assert line["method"] == "x.v1.S/M"

@@ -205,7 +205,7 @@ def test_successful_hot_reads_stay_out_of_the_access_log(caplog):
     """A line per Evaluate/Resolve call would cost as much as the call; failures still log."""
     import logging
 
-    from server.access_log import AccessLog
+    from server.rpc.access_log import AccessLog
 
     caplog.set_level(logging.INFO, logger="platform_admin.access")
     observer = AccessLog()

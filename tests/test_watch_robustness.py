@@ -15,8 +15,8 @@ from platform_admin.v1 import flag_pb2, flag_pb2_grpc
 from psycopg.conninfo import make_conninfo
 
 from server.app import App
+from server.changes.tail import POLL_INTERVAL_S
 from server.settings import Settings
-from server.tail import POLL_INTERVAL_S
 from tests.watch_helpers import (
     change_flag,
     channel_to,

@@ -9,8 +9,8 @@ from datetime import timedelta
 import psycopg
 
 from server.app import pool_settings
+from server.changes.tail import Sequencer, Tail
 from server.settings import Settings
-from server.tail import Sequencer, Tail
 from storage import outbox, stream
 from storage.db import Database
 from storage.stream import ChangeEvent

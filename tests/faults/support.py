@@ -23,7 +23,7 @@ from platform_admin.v1 import config_pb2 as pb
 from platform_admin.v1 import config_pb2_grpc
 
 from domain.ids import new_ulid
-from server import embedded_db
+from server.ops import embedded_db
 
 ROOT = Path(__file__).resolve().parents[2]
 PWD = "global.password_min_length"

@@ -1,7 +1,7 @@
 """platform_admin.v1.HealthService: thin servicer over storage/health.py.
 
 Each method validates the request (domain/health.py), calls storage, converts the result.
-Which roles may call which RPC is server/policy.py's table; the one data rule decided
+Which roles may call which RPC is server/security/policy.py's table; the one data rule decided
 here is that a caller acting as a service reports only for its own service_id.
 """
 
@@ -21,7 +21,7 @@ from domain.errors import Collector, InvalidArgument, PermissionDenied
 from domain.etags import format_etag, parse_etag
 from domain.health import AllowList, Status
 from domain.ids import HEALTH_CHECK_RESULT, HEALTH_SOURCE, check_ulid, strip_prefix, with_prefix
-from server import principal as principal_ctx
+from server.security import principal as principal_ctx
 from storage import health
 from storage.db import Database
 from storage.health import Registration, ResultRow, SourceRow

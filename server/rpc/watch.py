@@ -36,11 +36,11 @@ from domain.config_keys import Scope
 from domain.errors import DomainError, InvalidArgument, ResourceExhausted, Unavailable
 from domain.etags import format_etag
 from domain.flags import check_key
-from server import metrics
-from server import principal as principal_ctx
-from server.convert import SCOPE_TO_PROTO, value_to_proto
-from server.errors import to_status
-from server.tail import Tail
+from server.changes.tail import Tail
+from server.ops import metrics
+from server.rpc.convert import SCOPE_TO_PROTO, value_to_proto
+from server.rpc.errors import to_status
+from server.security import principal as principal_ctx
 from storage import outbox, stream
 from storage.db import Database
 from storage.stream import ChangeEvent, Snapshot

@@ -35,7 +35,7 @@ from yarl import URL
 from domain import health as rules
 from domain.errors import DomainError, InvalidArgument, NotFound
 from domain.health import AllowList, ProbeTarget, Status
-from server import metrics
+from server.ops import metrics
 from server.settings import Settings
 from storage import health
 from storage.db import Database

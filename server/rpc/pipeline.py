@@ -1,7 +1,7 @@
 """The call pipeline: one wrapper around every RPC handler.
 
 It authenticates the caller and binds the principal, applies the server-side default
-deadline to unary calls, turns domain errors into rich statuses (server/errors.py) and
+deadline to unary calls, turns domain errors into rich statuses (server/rpc/errors.py) and
 unexpected exceptions into a generic INTERNAL, and reports each call to the observers
 (logs, metrics). Wrapped handlers are cached per method, so the per-call cost is one
 extra coroutine frame.
@@ -18,9 +18,9 @@ from typing import Any, Protocol
 import grpc
 
 from domain.errors import DomainError
-from server import principal as principal_ctx
-from server.errors import INTERNAL, status_code_of, to_status
-from server.principal import Principal
+from server.rpc.errors import INTERNAL, status_code_of, to_status
+from server.security import principal as principal_ctx
+from server.security.principal import Principal
 from storage.db import call_deadline, deadline_after
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def _domain_error(exc: BaseException, method: str) -> DomainError:
 def _passing_bytes(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
     """The response serializer, except that an already encoded answer goes out unchanged.
 
-    The read model (server/read_model.py) caches hot answers as encoded bytes; a handler
+    The read model (server/changes/read_model.py) caches hot answers as encoded bytes; a handler
     returning bytes skips building and serializing the message on every call.
     """
     if serialize is None:

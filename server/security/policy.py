@@ -4,14 +4,14 @@ Deny by default: a method missing from :data:`POLICY` is refused for every role,
 test walks every method of every service in the descriptors so a new RPC cannot ship
 without a line here. The table only answers "may this role call this RPC at all"; which
 rows a caller may see or touch (a tenant admin's own tenant, a service's own heartbeat)
-is decided by the servicers, which read the principal from server/principal.py.
+is decided by the servicers, which read the principal from server/security/principal.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from server.principal import PLATFORM_ADMIN, PLATFORM_READER, SERVICE, TENANT_ADMIN
+from server.security.principal import PLATFORM_ADMIN, PLATFORM_READER, SERVICE, TENANT_ADMIN
 
 _CONFIG = "/platform_admin.v1.ConfigService/"
 _FLAG = "/platform_admin.v1.FlagService/"
@@ -26,7 +26,7 @@ _REPORT = _ADMIN | {SERVICE}
 
 POLICY: Mapping[str, frozenset[str]] = {
     # ConfigService. Tenant admins see and set only TENANT-scope rows of their own tenant
-    # (enforced in server/config_service.py); the allow-list itself is public knowledge.
+    # (enforced in server/rpc/config_service.py); the allow-list itself is public knowledge.
     _CONFIG + "ListConfigKeys": _READ_TENANT,
     _CONFIG + "GetConfig": _READ_TENANT,
     _CONFIG + "ListConfigs": _READ_TENANT,

@@ -1,4 +1,4 @@
-"""Authentication: bearer JWTs verified with PyJWT, then the policy table (server/policy.py).
+"""Authentication: bearer JWTs verified with PyJWT, then the policy table (policy.py).
 
 A caller sends ``authorization: Bearer <JWT>``. The token is signed with the HS256 secret
 (PLATFORM_ADMIN_JWT_SECRET) or with the private half of an RS256/ES256 public key
@@ -27,9 +27,9 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from domain.errors import PermissionDenied, Unauthenticated
 from domain.ids import is_ulid
-from server import policy
-from server.pipeline import AllowAll, Authorizer
-from server.principal import ALL_ROLES, SERVICE, TENANT_ADMIN, Principal
+from server.rpc.pipeline import AllowAll, Authorizer
+from server.security import policy
+from server.security.principal import ALL_ROLES, SERVICE, TENANT_ADMIN, Principal
 from server.settings import Settings, SettingsError, is_loopback
 
 # Clock skew tolerated on exp / nbf / iat between the token issuer and this server.

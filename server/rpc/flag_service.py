@@ -1,7 +1,7 @@
 """platform_admin.v1.FlagService: thin servicer over storage/flags.py.
 
 Each method validates the request (domain/flags.py), calls storage, converts the result.
-WatchFlags is served by a pluggable ``watch`` object (server/watch.py) so the change
+WatchFlags is served by a pluggable ``watch`` object (server/rpc/watch.py) so the change
 stream can evolve without touching this module.
 """
 
@@ -19,9 +19,9 @@ from domain.errors import Collector, InvalidArgument, PermissionDenied
 from domain.etags import format_etag, parse_etag
 from domain.flags import Evaluation, Override, Reason
 from domain.ids import check_ulid
-from server import principal as principal_ctx
-from server.convert import timestamp
-from server.read_model import ReadModel
+from server.changes.read_model import ReadModel
+from server.rpc.convert import timestamp
+from server.security import principal as principal_ctx
 from storage import flags
 from storage.db import Database
 from storage.flags import FlagRow
@@ -94,7 +94,7 @@ class FlagServicer(flag_pb2_grpc.FlagServiceServicer):
     ) -> None:
         self.db = db
         self.watch = watch
-        # Evaluations answer from memory when set (server/read_model.py); writes feed it.
+        # Evaluations answer from memory when set (server/changes/read_model.py); writes feed it.
         self.read_model = read_model
 
     def _wrote(self, row: FlagRow) -> FlagRow:
@@ -256,7 +256,7 @@ class FlagServicer(flag_pb2_grpc.FlagServiceServicer):
         keys = [rules.check_key(f"keys[{i}]", k) for i, k in enumerate(request.keys)]
         tenant = _evaluation_tenant(request.tenant_id)
         if self.read_model is not None:
-            # Encoded bytes, passed through by the pipeline (see server/read_model.py).
+            # Encoded bytes, passed through by the pipeline (see server/changes/read_model.py).
             return cast(
                 flag_pb2.EvaluateFlagsResponse, self.read_model.evaluate_flags(tenant, keys)
             )

@@ -45,7 +45,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from server.principal import Principal
+from server.security.principal import Principal
 from storage.db import Database
 from storage.ops import OutboxBacklog, outbox_backlog
 

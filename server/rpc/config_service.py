@@ -18,8 +18,8 @@ from domain.errors import InvalidArgument, NotFound, PermissionDenied
 from domain.etags import format_etag, parse_etag
 from domain.ids import CONFIG_HISTORY, check_ulid, with_prefix
 from domain.resolution import resolve
-from server import principal as principal_ctx
-from server.convert import (
+from server.changes.read_model import ReadModel
+from server.rpc.convert import (
     SCOPE_TO_PROTO,
     VALUE_TYPE_TO_PROTO,
     scope_from_proto,
@@ -28,7 +28,7 @@ from server.convert import (
     value_from_proto,
     value_to_proto,
 )
-from server.read_model import ReadModel
+from server.security import principal as principal_ctx
 from storage import configs
 from storage.configs import ConfigRow, HistoryRow
 from storage.db import Database
@@ -135,7 +135,7 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
     ) -> None:
         self.db = db
         self.watch = watch
-        # Resolution answers from memory when set (server/read_model.py); writes feed it.
+        # Resolution answers from memory when set (server/changes/read_model.py); writes feed it.
         self.read_model = read_model
 
     def _wrote(self, row: ConfigRow) -> ConfigRow:
@@ -265,7 +265,7 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         specs = [config_keys.spec_for(f"keys[{i}]", k) for i, k in enumerate(keys)]
         tenant, node = self._resolve_scope("tenant_id", request.tenant_id, request.node_id)
         if self.read_model is not None:
-            # Encoded bytes, passed through by the pipeline (see server/read_model.py).
+            # Encoded bytes, passed through by the pipeline (see server/changes/read_model.py).
             return cast(
                 config_pb2.ResolveConfigsResponse,
                 self.read_model.resolve_configs(specs, tenant, node),
@@ -314,7 +314,7 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         request: config_pb2.WatchConfigsRequest,
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[config_pb2.WatchConfigsResponse]:
-        # The stream mechanism is shared with WatchFlags (server/watch.py).
+        # The stream mechanism is shared with WatchFlags (server/rpc/watch.py).
         if self.watch is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "WatchConfigs is not available")
             return

@@ -26,7 +26,7 @@ from dataclasses import replace
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
-from server import logs
+from server.ops import logs
 from server.settings import Settings
 
 log = logging.getLogger("platform_admin")
@@ -40,7 +40,7 @@ def _worker(main: WorkerMain, settings: Settings, conninfo: str, index: int) -> 
     logs.setup(settings.log_level, settings.log_format)
     if settings.metrics_listen is not None:
         # Each worker is its own scrape target: worker i on the metrics port + i.
-        from server.metrics import worker_listen
+        from server.ops.metrics import worker_listen
 
         settings = replace(settings, metrics_listen=worker_listen(settings.metrics_listen, index))
     log.info("worker %d started (pid %d)", index, os.getpid())

@@ -2,7 +2,7 @@
 
 Each server process holds every flag and config (domain/read_model.py). It is loaded at
 start from one REPEATABLE READ snapshot with the head seq (storage/read_model.py) and kept
-current by the same outbox tail that feeds the watch streams (server/tail.py): events
+current by the same outbox tail that feeds the watch streams (server/changes/tail.py): events
 after that head are applied in seq order, each taken only when its version is newer than
 the one held. Write RPCs also apply the row they return (version-guarded), so a client
 reads its own write from the same process at once; other processes converge within the
@@ -25,7 +25,7 @@ Answers are precomputed where that pays:
   that affects every tenant).
 
 Cached answers are encoded bytes: the pipeline hands bytes to gRPC unchanged
-(server/pipeline.py), so a hot call neither builds nor serializes a message.
+(server/rpc/pipeline.py), so a hot call neither builds nor serializes a message.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from domain import read_model as rm
 from domain.config_keys import ConfigKeySpec
 from domain.errors import NotFound, Unavailable
 from domain.flags import Evaluation, Reason
-from server.convert import source_scope_to_proto, value_to_proto
+from server.rpc.convert import source_scope_to_proto, value_to_proto
 from storage import outbox, stream
 from storage.configs import ConfigRow
 from storage.db import Database

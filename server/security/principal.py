@@ -1,6 +1,6 @@
 """Who is calling: the authenticated principal of the current RPC.
 
-The call pipeline sets it once per call (server/pipeline.py); servicers read it with
+The call pipeline sets it once per call (server/rpc/pipeline.py); servicers read it with
 :func:`current` to record the actor and to scope what a tenant may see.
 """
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import grpc
 
-from server.metrics import code_name
-from server.principal import Principal
+from server.ops.metrics import code_name
+from server.security.principal import Principal
 
 log = logging.getLogger("platform_admin.access")
 

@@ -1,0 +1,1 @@
+"""Operations: metrics, logging, worker processes, the health prober, embedded PostgreSQL."""

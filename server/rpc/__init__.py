@@ -1,0 +1,1 @@
+"""gRPC surface: the call pipeline, error mapping, proto conversion and the servicers."""
