@@ -19,6 +19,8 @@ from platform_admin.v1 import config_pb2, config_pb2_grpc, flag_pb2, flag_pb2_gr
 from platform_admin.v1 import health_pb2 as health_api_pb2
 from platform_admin.v1 import health_pb2_grpc as health_api_pb2_grpc
 
+from server.bus.bus import Bus
+from server.bus.feed import ChangeSignal
 from server.changes.read_model import ReadModel
 from server.changes.tail import Sequencer, Tail
 from server.ops import metrics
@@ -30,7 +32,7 @@ from server.rpc.flag_service import FlagServicer
 from server.rpc.health_service import HealthServicer
 from server.rpc.pipeline import AllowAll, Authorizer, CallObserver, Pipeline
 from server.rpc.watch import Watch
-from server.settings import Settings
+from server.settings import Settings, SettingsError
 from storage.db import Database, PoolSettings
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,9 @@ SERVICE_NAMES = [
 ]
 # grpc.health.v1 service name that is SERVING while the in-memory read model is current.
 READ_MODEL_HEALTH = "platform_admin.v1.ReadModel"
+# grpc.health.v1 service name that is SERVING while this process is connected to NATS
+# (only registered when the bus is on; the overall "" status never depends on it).
+RELAY_HEALTH = "platform_admin.v1.Relay"
 MAX_RECEIVE_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_CONCURRENT_STREAMS = 1024
 
@@ -124,6 +129,23 @@ class App:
         if self.settings.probe_enabled:
             self.background.append(self.prober.run)
         self.background.append(lambda: prune_loop(self.db, self.settings.health_prune_interval_s))
+        # The bus relay and inbox (server/bus/), woken by the change engine.
+        self.bus: Bus | None = None
+        if self.settings.bus_enabled:
+            if self.settings.nats_mode != "external":
+                raise SettingsError(
+                    "the embedded nats-server is started by `platform-admin serve`; give the"
+                    " App a nats:// URL or PLATFORM_ADMIN_NATS_URL=off"
+                )
+            self.bus = Bus(
+                self.settings,
+                self.db,
+                pool_settings(self.settings, self.conninfo),
+                ChangeSignal(self.tail),
+                self._set_relay_health,
+            )
+            self.metrics.collector.relay_enabled = True
+            self.background.append(self.bus.run)
         self._serving: bool | None = None
         self._fresh: bool | None = None
 
@@ -178,6 +200,14 @@ class App:
             log.info("database reachable: SERVING")
         else:
             log.warning("database unreachable: NOT_SERVING")
+
+    async def _set_relay_health(self, connected: bool) -> None:
+        await self.health.set(
+            RELAY_HEALTH,
+            health_pb2.HealthCheckResponse.SERVING
+            if connected
+            else health_pb2.HealthCheckResponse.NOT_SERVING,
+        )
 
     async def _set_fresh(self) -> None:
         """READ_MODEL_HEALTH is SERVING while the in-memory answers are known to be current.

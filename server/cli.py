@@ -30,6 +30,24 @@ def database_url(settings: Settings) -> tuple[object | None, str]:
     return embedded_db.start(settings.data_dir)
 
 
+def with_bus(settings: Settings) -> tuple[object | None, Settings]:
+    """PLATFORM_ADMIN_NATS_URL unset: starts the embedded nats-server and points at it."""
+    if settings.nats_mode != "embedded":
+        return None, settings
+    import atexit
+    from dataclasses import replace
+
+    from server.bus import embedded_nats
+
+    try:
+        server = embedded_nats.start(settings.data_dir)
+    except (OSError, RuntimeError) as exc:
+        print(f"platform-admin: cannot start the embedded nats-server: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    atexit.register(server.stop)
+    return server, replace(settings, nats_mode="external", nats_urls=(server.url,))
+
+
 async def _serve(
     settings: Settings,
     conninfo: str,
@@ -90,6 +108,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         print(f"platform-admin: {exc}", file=sys.stderr)
         return 2
     _, conninfo = database_url(settings)
+    # Like the database, the embedded bus is started once, here, and shared by the workers.
+    _, settings = with_bus(settings)
     if settings.workers > 1:
         # The database is started and migrated once, here; then the workers share the port.
         if settings.migrate_on_start:
@@ -175,30 +195,39 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _prune_outbox(db: Database) -> int:
+async def _prune_outbox(db: Database, settings: Settings) -> int:
     from storage import stream
 
-    return await stream.prune(db)
+    # With the bus relay on, unpublished rows are kept until the relay has published them.
+    return await stream.prune(db, published_only=settings.bus_enabled)
 
 
-async def _prune_health_results(db: Database) -> int:
+async def _prune_health_results(db: Database, settings: Settings) -> int:
     from storage import health
 
     return await health.prune_results(db)
 
 
-async def _prune_config_history(db: Database) -> int:
+async def _prune_config_history(db: Database, settings: Settings) -> int:
     from storage import configs
 
     return await configs.prune_history(db)
 
 
-# Retention jobs of `platform-admin prune`, in order: name -> job(db) returning rows removed.
-# Each job is batched and takes its own advisory lock, so every replica may run it (cron).
-PRUNE_JOBS: dict[str, Callable[[Database], Awaitable[int]]] = {
+async def _prune_inbox(db: Database, settings: Settings) -> int:
+    from storage import inbox
+
+    return await inbox.prune(db)
+
+
+# Retention jobs of `platform-admin prune`, in order: name -> job(db, settings) returning
+# rows removed. Each job is batched and takes its own advisory lock, so every replica may
+# run it (cron).
+PRUNE_JOBS: dict[str, Callable[[Database, Settings], Awaitable[int]]] = {
     "outbox": _prune_outbox,
     "health_check_results": _prune_health_results,
     "config_history": _prune_config_history,
+    "inbox": _prune_inbox,
 }
 
 
@@ -222,7 +251,7 @@ def cmd_prune(settings: Settings, args: argparse.Namespace) -> int:
         await db.open()
         try:
             for name in chosen:
-                removed = await PRUNE_JOBS[name](db)
+                removed = await PRUNE_JOBS[name](db, settings)
                 print(f"{name}: removed {removed}")
         finally:
             await db.close()

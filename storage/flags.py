@@ -274,6 +274,36 @@ async def set_override(
     return await db.transaction(work)
 
 
+_WITH_TENANT = """
+SELECT key, description, default_enabled, enabled_tenant_ids, disabled_tenant_ids,
+       is_archived, version, created_at, updated_at
+  FROM feature_flags
+ WHERE %(tenant)s = ANY(enabled_tenant_ids) OR %(tenant)s = ANY(disabled_tenant_ids)
+ ORDER BY key
+   FOR UPDATE
+"""
+
+
+async def remove_tenant(
+    conn: psycopg.AsyncConnection, tenant_id: str, actor: str | None
+) -> list[FlagRow]:
+    """Takes ``tenant_id`` out of every flag's lists, archived flags too, in the caller's
+    transaction; returns the flags changed.
+
+    Each flag goes through the same write as SetTenantOverride(INHERIT): version + 1 and one
+    outbox row. Rows are locked in key order, the order any multi-flag writer uses.
+    """
+    cur = conn.cursor(row_factory=class_row(FlagRow))
+    await cur.execute(_WITH_TENANT, {"tenant": tenant_id})
+    changed = []
+    for current in await cur.fetchall():
+        enabled, disabled = apply_override(
+            current.enabled_tenant_ids, current.disabled_tenant_ids, tenant_id, Override.INHERIT
+        )
+        changed.append(await _write(conn, current, actor, enabled=enabled, disabled=disabled))
+    return changed
+
+
 async def set_archived(
     db: Database, key: str, archived: bool, expected_version: int | None, actor: str | None
 ) -> FlagRow:

@@ -340,9 +340,14 @@ async def delete(
 async def heartbeat(db: Database, service_id: str) -> SourceRow:
     """One autocommit UPDATE: the cheapest write there is."""
     async with db.read() as conn:
-        cur = conn.cursor(row_factory=class_row(SourceRow))
-        await cur.execute(_HEARTBEAT, (service_id,))
-        row = await cur.fetchone()
+        return await heartbeat_in(conn, service_id)
+
+
+async def heartbeat_in(conn: psycopg.AsyncConnection, service_id: str) -> SourceRow:
+    """ReportHeartbeat's UPDATE on the caller's connection (the inbox: in its transaction)."""
+    cur = conn.cursor(row_factory=class_row(SourceRow))
+    await cur.execute(_HEARTBEAT, (service_id,))
+    row = await cur.fetchone()
     if row is None:
         raise NotFound(f"no health source has service_id {service_id!r}")
     return row

@@ -22,6 +22,8 @@ class OutboxBacklog:
     # Age of the oldest committed row still without a seq; 0 when the sequencer is caught up.
     # created_at is taken at insert, so a long transaction counts its own duration too.
     sequencer_lag_s: float
+    # Age of the oldest sequenced row not yet published by the bus relay (0: caught up).
+    relay_lag_s: float
 
 
 async def outbox_backlog(db: Database) -> OutboxBacklog:
@@ -33,7 +35,10 @@ async def outbox_backlog(db: Database) -> OutboxBacklog:
             " (SELECT count(*) FROM outbox WHERE published_at IS NULL) AS unpublished,"
             " COALESCE(EXTRACT(EPOCH FROM clock_timestamp()"
             "   - (SELECT min(created_at) FROM outbox WHERE seq IS NULL)), 0)::float8"
-            "   AS sequencer_lag_s"
+            "   AS sequencer_lag_s,"
+            " COALESCE(EXTRACT(EPOCH FROM clock_timestamp()"
+            "   - (SELECT created_at FROM outbox WHERE published_at IS NULL AND seq IS NOT NULL"
+            "       ORDER BY seq LIMIT 1)), 0)::float8 AS relay_lag_s"
         )
         row = await cur.fetchone()
     assert row is not None

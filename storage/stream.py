@@ -119,6 +119,7 @@ _PRUNE = """
 WITH doomed AS (
     SELECT id FROM outbox
      WHERE created_at < %(before)s AND seq IS NOT NULL
+       AND (NOT %(published_only)s OR published_at IS NOT NULL)
      ORDER BY created_at
      LIMIT %(limit)s
        FOR UPDATE SKIP LOCKED
@@ -289,9 +290,17 @@ async def config_snapshot(
 
 
 async def prune(
-    db: Database, *, older_than: timedelta = RETENTION, batch: int = 1000, max_batches: int = 0
+    db: Database,
+    *,
+    older_than: timedelta = RETENTION,
+    batch: int = 1000,
+    max_batches: int = 0,
+    published_only: bool = False,
 ) -> int:
     """Deletes sequenced outbox rows older than ``older_than``, in batches; returns the count.
+
+    ``published_only`` (the bus relay is on): a row the relay has not published yet is kept
+    whatever its age, so a long bus outage never loses a change for the bus's subscribers.
 
     Each batch runs under a transaction-scoped advisory lock (a concurrent pruner on
     another replica makes this one stop) and raises the pruned watermark in the same
@@ -308,7 +317,14 @@ async def prune(
         cur = await conn.execute("SELECT now()")
         now_row = await cur.fetchone()
         assert now_row is not None
-        cur = await conn.execute(_PRUNE, {"before": now_row[0] - older_than, "limit": batch})
+        cur = await conn.execute(
+            _PRUNE,
+            {
+                "before": now_row[0] - older_than,
+                "limit": batch,
+                "published_only": published_only,
+            },
+        )
         row = await cur.fetchone()
         assert row is not None
         count, top = int(row[0]), row[1]

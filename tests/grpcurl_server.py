@@ -65,6 +65,8 @@ def run_command(db_url: str, *args: str, timeout: float = 60) -> subprocess.Comp
     """Runs ``platform-admin ARGS`` against ``db_url`` with no other PLATFORM_ADMIN_* settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PLATFORM_ADMIN_")}
     env["DATABASE_URL"] = db_url
+    # Like the servers these tests start: no bus, so retention is the bus-less one.
+    env["PLATFORM_ADMIN_NATS_URL"] = "off"
     return subprocess.run(
         [PLATFORM_ADMIN, *args],
         cwd=ROOT,
@@ -87,6 +89,8 @@ def start_server(
         "PLATFORM_ADMIN_LISTEN": f"127.0.0.1:{port}",
         "PLATFORM_ADMIN_WORKERS": "1",
         "PLATFORM_ADMIN_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
+        # No bus unless a test asks for one (tests/bus_helpers.py starts its own nats-server).
+        "PLATFORM_ADMIN_NATS_URL": "off",
         **(env or {}),
     }
     with log_path.open("wb") as log:

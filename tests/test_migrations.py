@@ -69,6 +69,11 @@ async def test_empty_database_gets_the_whole_corrected_schema(empty_db):
             ("feature_flags", "version"),
             ("outbox", "seq"),
             ("outbox", "next_attempt_at"),
+            ("outbox", "attempt"),
+            ("outbox", "last_error"),
+            ("inbox", "outcome"),
+            ("inbox", "last_error"),
+            ("inbox", "stream_seq"),
         ]:
             assert needed in columns
         # Retention jobs prune by time: each has an index leading with its time column.
@@ -82,11 +87,22 @@ async def test_empty_database_gets_the_whole_corrected_schema(empty_db):
             ("health_check_results", "checked_at"),
             ("outbox", "created_at"),
             ("config_history", "changed_at"),
+            ("inbox", "received_at"),
         ]:
             assert any(f"ON platform_admin.{table} USING btree ({column}" in d for d in leading), (
                 table,
                 column,
             )
+        # The relay reads unpublished rows in seq order from a partial index.
+        assert any(
+            "ix_outbox_relay" in d and "(seq)" in d and "published_at IS NULL" in d
+            for d in leading
+        )
+        # Inbox ids are Nats-Msg-Id headers, not only ULIDs.
+        conn.execute(
+            "INSERT INTO platform_admin.inbox (id, subject) VALUES (%s, 'identity.tenant.deleted')",
+            ("tenant-deleted-" + "x" * 200,),
+        )
         (seeded,) = conn.execute("SELECT count(*) FROM platform_admin.platform_configs").fetchone()
         assert seeded == 9
         # The scope CHECK: a PLATFORM row with a tenant is refused by the database itself.

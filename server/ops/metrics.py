@@ -119,6 +119,22 @@ PROBE_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 
+RELAY_PUBLISHED = Counter(
+    "platform_admin_relay_published",
+    "Outbox rows the bus relay published to JetStream (PubAck received, duplicates included).",
+)
+RELAY_FAILURES = Counter(
+    "platform_admin_relay_failures",
+    "Failed JetStream publishes of the bus relay (each is retried with back-off, in order).",
+)
+INBOX_MESSAGES = Counter(
+    "platform_admin_inbox_messages",
+    "Messages the inbox consumed, by subject (platform.heartbeat.* for every heartbeat) and"
+    " outcome: applied, duplicate (recorded before: nothing changed), malformed (recorded with"
+    " its error, never applied), failed (not acked: redelivered later).",
+    ["subject", "outcome"],
+)
+
 _read_model_at: float | None = None
 
 
@@ -158,6 +174,18 @@ def probe_result(status: str, seconds: float | None = None) -> None:
     PROBE_RESULTS.labels(status).inc()
     if seconds is not None:
         PROBE_SECONDS.observe(seconds)
+
+
+def relay_published(n: int = 1) -> None:
+    RELAY_PUBLISHED.inc(n)
+
+
+def relay_failed() -> None:
+    RELAY_FAILURES.inc()
+
+
+def inbox_message(subject: str, outcome: str) -> None:
+    INBOX_MESSAGES.labels(subject, outcome).inc()
 
 
 def read_model_current(at: float | None = None) -> None:
@@ -230,6 +258,8 @@ class DatabaseCollector(Collector):
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        # Set by the App when the bus relay runs: only then is relay lag meaningful.
+        self.relay_enabled = False
         self.backlog: OutboxBacklog | None = None
         self._refreshed = 0.0
         self._lock = asyncio.Lock()
@@ -292,6 +322,13 @@ class DatabaseCollector(Collector):
             "Age of the oldest committed outbox row still without a seq (0: caught up).",
             backlog.sequencer_lag_s if backlog else nan,
         )
+        if self.relay_enabled:
+            yield GaugeMetricFamily(
+                "platform_admin_relay_lag_seconds",
+                "Age of the oldest sequenced outbox row not yet published to JetStream"
+                " (0: caught up).",
+                backlog.relay_lag_s if backlog else nan,
+            )
 
 
 class _Joined(Collector):
