@@ -6,6 +6,7 @@ import asyncio
 import io
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import grpc
 import psycopg
@@ -14,6 +15,7 @@ from platform_admin.v1 import config_pb2_grpc
 
 from server.app import App
 from server.settings import Settings
+from tests.bus_helpers import NatsServer, bus_settings
 from tests.grpcurl_server import running_server  # noqa: F401  (shared fixture)
 from tests.pg import DatabaseFactory
 
@@ -72,6 +74,23 @@ async def stop_or_explain(application: App, timeout: float = 20.0) -> None:
         for task in asyncio.all_tasks():
             task.print_stack(file=out)
         raise AssertionError(f"App.stop did not finish in {timeout}s:\n{out.getvalue()}") from None
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server of this test's own (tests/bus_helpers.py), stopped by PID afterwards."""
+    server = NatsServer(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def bus_app(db_url: str, settings: Settings, nats_server: NatsServer) -> AsyncIterator[App]:
+    """An App with the bus on, relaying to and consuming from ``nats_server``."""
+    application = App(bus_settings(settings, nats_server.url, probe_enabled=False), db_url)
+    await application.start()
+    yield application
+    await stop_or_explain(application)
 
 
 @pytest.fixture

@@ -95,8 +95,7 @@ async def test_empty_database_gets_the_whole_corrected_schema(empty_db):
             )
         # The relay reads unpublished rows in seq order from a partial index.
         assert any(
-            "ix_outbox_relay" in d and "(seq)" in d and "published_at IS NULL" in d
-            for d in leading
+            "ix_outbox_relay" in d and "(seq)" in d and "published_at IS NULL" in d for d in leading
         )
         # Inbox ids are Nats-Msg-Id headers, not only ULIDs.
         conn.execute(

@@ -53,12 +53,14 @@ class Inbox:
         db: Database,
         settings: Settings,
         nats: Callable[[], Client | None],
-        ack_wait_s: float = ACK_WAIT_S,
+        ack_wait_s: float | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
         self._nats = nats
-        self.ack_wait_s = ack_wait_s
+        # How long JetStream waits for an ack before redelivering (read at construction so
+        # tests can shorten it).
+        self.ack_wait_s = ACK_WAIT_S if ack_wait_s is None else ack_wait_s
 
     async def run(self) -> None:
         delay = RETRY_DELAY_S
