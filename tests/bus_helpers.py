@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import time
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -188,8 +189,9 @@ async def wait_until(predicate: Any, timeout: float, interval: float = 0.1) -> b
         await asyncio.sleep(interval)
 
 
-def tenant_ulid(i: int) -> str:
-    return f"01JR{i:022d}"
+def tenant_ulid(i: int, tag: str = "") -> str:
+    """A tenant ULID of its own per (tag, i): churns with different tags never collide."""
+    return f"01JR{zlib.crc32(tag.encode()):010d}{i:012d}"
 
 
 async def churn(channel: Any, count: int, tag: str = "a", concurrency: int = 8) -> int:
@@ -223,7 +225,7 @@ async def churn(channel: Any, count: int, tag: str = "a", concurrency: int = 8) 
                     config_pb2.SetConfigRequest(
                         key="global.password_min_length",
                         scope=config_pb2.CONFIG_SCOPE_TENANT,
-                        tenant_id=tenant_ulid(i),
+                        tenant_id=tenant_ulid(i, tag),
                         value=config_pb2.ConfigValue(int_value=8 + i % 100),
                     ),
                     timeout=20,
