@@ -61,12 +61,16 @@ class RunningServer:
         return self.log_path.read_text(errors="replace")
 
 
-def run_command(db_url: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Runs ``platform-admin ARGS`` against ``db_url`` with no other PLATFORM_ADMIN_* settings."""
+def run_command(
+    db_url: str, *args: str, timeout: float = 60, env_extra: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Runs ``platform-admin ARGS`` against ``db_url`` with no other PLATFORM_ADMIN_* settings
+    (but ``env_extra``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PLATFORM_ADMIN_")}
     env["DATABASE_URL"] = db_url
     # Like the servers these tests start: no bus, so retention is the bus-less one.
     env["PLATFORM_ADMIN_NATS_URL"] = "off"
+    env.update(env_extra or {})
     return subprocess.run(
         [PLATFORM_ADMIN, *args],
         cwd=ROOT,
