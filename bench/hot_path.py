@@ -257,6 +257,7 @@ def start_service(
     cpu: int | None = None,
     port: int = 0,
     log_level: str = "warning",
+    nats_url: str = "off",
 ) -> Proc:
     port = port or free_port()
     log_path = workdir / f"serve-{port}.log"
@@ -269,6 +270,8 @@ def start_service(
         "PLATFORM_ADMIN_AUTH": "off",
         "PLATFORM_ADMIN_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
         "PLATFORM_ADMIN_POOL_MAX": str(POOL_MAX),
+        # The RPC benches measure without the bus; make bench-relay measures the relay.
+        "PLATFORM_ADMIN_NATS_URL": nats_url,
     }
     for name in ("PLATFORM_ADMIN_JWT_SECRET", "PLATFORM_ADMIN_JWT_PUBLIC_KEY_FILE"):
         env.pop(name, None)

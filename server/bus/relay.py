@@ -6,8 +6,10 @@ take it every second, so when the leader's process dies its lock goes with its s
 and another replica takes over within about a second.
 
 The leader reads the oldest sequenced rows without ``published_at`` and publishes them
-one at a time, each awaiting its PubAck, so a failure can never let a later row overtake
-an earlier one (subscribers rely on order). A PubAck (``duplicate`` included: JetStream
+pipelined, in seq order; each message names its predecessor in
+``Nats-Expected-Last-Msg-Id``, so JetStream refuses it unless the row before it is on the
+stream: a failure can never let a later row overtake an earlier one (subscribers rely on
+order). A PubAck (``duplicate`` included: JetStream
 already held that Nats-Msg-Id) marks the row published; a failure records ``attempt``,
 ``last_error`` and ``next_attempt_at`` (exponential back-off with jitter, capped at
 PLATFORM_ADMIN_RELAY_MAX_BACKOFF_S) and the relay waits for that row before anything
@@ -27,8 +29,10 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from server.bus.connection import ensure_relay_stream
@@ -43,12 +47,12 @@ HEADER_MSG_ID = "Nats-Msg-Id"
 HEADER_SEQ = "Platform-Admin-Seq"
 HEADER_CHANGED_BY = "Platform-Admin-Changed-By"
 HEADER_TENANT = "Platform-Admin-Tenant-Id"
+HEADER_EXPECTED_LAST = "Nats-Expected-Last-Msg-Id"
 SUBJECTS = (outbox.FLAG_CHANGED, outbox.CONFIG_CHANGED, outbox.HEALTH_CHANGED)
 
+# Rows read, published (pipelined) and marked (one UPDATE) at a time. A row published but
+# not yet marked is sent again only after a crash, and then deduplicated.
 READ_BATCH = 256
-# Marks are batched (one UPDATE per MARK_EVERY rows or at the end of a read); a row
-# published but not yet marked is re-sent only after a crash, and then deduplicated.
-MARK_EVERY = 64
 PUBLISH_TIMEOUT_S = 2.0
 # Without a wake-up from the change engine the relay still looks this often.
 POLL_S = 1.0
@@ -103,6 +107,11 @@ class Relay:
         self.leader = False
         self.stream_ready = False
         self._failing_since: float | None = None
+        self._js: JetStreamContext | None = None
+        self._js_of: Client | None = None
+        # The id of the last row this leader saw acked: the next message's expected
+        # predecessor. None after a failure or a takeover (the next message names none).
+        self._last_id: str | None = None
         # Tests replace this to die between publishing and marking.
         self.mark: Callable[[list[str]], Awaitable[None]] = self.session.mark_published
 
@@ -157,6 +166,7 @@ class Relay:
 
     async def _resign(self) -> None:
         self.leader = False
+        self._last_id = None
         await self.session.close()
 
     def _should_give_up(self) -> bool:
@@ -167,6 +177,12 @@ class Relay:
             and time.monotonic() - since > GIVE_UP_AFTER_S
             and (nc is None or not nc.is_connected)
         )
+
+    def _jetstream(self, nc: Client) -> JetStreamContext:
+        """One JetStream context per connection (building one per publish costs)."""
+        if self._js is None or self._js_of is not nc:
+            self._js, self._js_of = nc.jetstream(), nc
+        return self._js
 
     async def _ensure_stream(self, nc: Client) -> None:
         if not self.stream_ready:
@@ -222,63 +238,96 @@ class Relay:
             rows = await self.session.pending(READ_BATCH)
             if not rows:
                 return None
-            published: list[str] = []
-            try:
-                for row in rows:
-                    if row.wait_s > 0:
-                        return row.wait_s
-                    error = await self._publish(row)
-                    if error is not None:
-                        await self._flush(published)
-                        delay = backoff(row.attempt, self.settings.relay_max_backoff_s)
-                        await self.session.mark_failed(row.id, error, delay)
-                        return delay
-                    published.append(row.id)
-                    if len(published) >= MARK_EVERY:
-                        await self._flush(published)
-            finally:
-                # Also on the way out through a database error: those rows were published.
-                with contextlib.suppress(Exception):
-                    await self._flush(published)
-            if len(rows) < READ_BATCH:
+            if rows[0].wait_s > 0:
+                return rows[0].wait_s
+            due = []
+            for row in rows:
+                if row.wait_s > 0:
+                    break
+                due.append(row)
+            published, error = await self._publish(due)
+            await self.mark([row.id for row in due[:published]])
+            if error is not None:
+                failed = due[published]
+                delay = backoff(failed.attempt, self.settings.relay_max_backoff_s)
+                await self.session.mark_failed(failed.id, error, delay)
+                return delay
+            if len(due) < len(rows) or len(rows) < READ_BATCH:
                 return None
 
-    async def _flush(self, published: list[str]) -> None:
-        if published:
-            ids = list(published)
-            published.clear()
-            await self.mark(ids)
+    async def _publish(self, rows: list[PendingRow]) -> tuple[int, str | None]:
+        """Publishes ``rows`` in order, pipelined; returns (how many of the first ones got a
+        PubAck, the error of the next one or None).
 
-    async def _publish(self, row: PendingRow) -> str | None:
-        """Publishes one row and awaits its PubAck; the error text when it failed."""
+        Each message but the first names its predecessor in ``Nats-Expected-Last-Msg-Id``,
+        so JetStream refuses it unless the row before it is on the stream: a row that failed
+        is never overtaken by the ones sent after it. (A re-sent row already on the stream
+        is answered as a duplicate before that check.)
+        """
         nc = self._nats()
+        futures: list[asyncio.Future[Any]] = []
+        error: str | None = None
         try:
             if nc is None:
                 raise ConnectionError("not connected to NATS")
             await self._ensure_stream(nc)
-            await nc.jetstream().publish(
-                row.subject,
-                row.body.encode(),
-                timeout=PUBLISH_TIMEOUT_S,
-                stream=self.settings.nats_stream,
-                headers=headers_of(row),
-            )
+            js = self._jetstream(nc)
+            previous = self._last_id
+            for row in rows:
+                headers = headers_of(row)
+                if previous is not None:
+                    headers[HEADER_EXPECTED_LAST] = previous
+                futures.append(
+                    await js.publish_async(
+                        row.subject,
+                        row.body.encode(),
+                        wait_stall=PUBLISH_TIMEOUT_S,
+                        stream=self.settings.nats_stream,
+                        headers=headers,
+                    )
+                )
+                previous = row.id
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            error = describe(exc)
+        acked = 0
+        if futures:
+            # One wait for the whole window: a wait per future would cost a turn of the
+            # event loop each, behind every call the process is serving.
+            await asyncio.wait(
+                futures, timeout=PUBLISH_TIMEOUT_S, return_when=asyncio.FIRST_EXCEPTION
+            )
+        for future in futures:
+            if not future.done():
+                error = "TimeoutError: no PubAck in time"
+                break
+            failure = None if future.cancelled() else future.exception()
+            if future.cancelled() or failure is not None:
+                error = describe(failure) if failure is not None else "cancelled"
+                break
+            acked += 1
+        for future in futures[acked:]:
+            future.cancel()
+        if acked:
+            self._last_id = rows[acked - 1].id
+            self._failing_since = None
+            metrics.relay_published(acked)
+        if error is None and acked < len(rows):
+            error = "not sent"
+        if error is not None:
+            failed = rows[acked]
             # The stream may be gone (a nats-server started afresh): look again next time.
             self.stream_ready = False
+            self._last_id = None
             if self._failing_since is None:
                 self._failing_since = time.monotonic()
             metrics.relay_failed()
             log.log(
-                logging.DEBUG if row.attempt else logging.WARNING,
+                logging.DEBUG if failed.attempt else logging.WARNING,
                 "relay: publishing seq %d failed (attempt %d): %s",
-                row.seq,
-                row.attempt + 1,
-                describe(exc),
+                failed.seq,
+                failed.attempt + 1,
+                error,
             )
-            return describe(exc)
-        self._failing_since = None
-        metrics.relay_published()
-        return None
+        return acked, error
