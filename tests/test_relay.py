@@ -269,3 +269,45 @@ def _alive(pid: int) -> bool:
 
 def test_settings_replace_keeps_bus_off_for_existing_fixtures(settings: Settings) -> None:
     assert not replace(settings).bus_enabled
+
+
+@pytest.mark.timeout(120)
+async def test_a_row_the_bus_refuses_holds_back_every_row_after_it(
+    bus_app: App, db_url: str, nats_server: NatsServer, sql: psycopg.Connection
+) -> None:
+    """Subscribers rely on order: a failing row is retried with back-off, never overtaken."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{bus_app.port}") as channel:
+        flags = flag_pb2_grpc.FlagServiceStub(channel)
+        await flags.CreateFlag(flag_pb2.CreateFlagRequest(key="order.first"))
+        assert await wait_until(lambda: unpublished(db_url) == 0, timeout=30)
+        nc = await nats.connect(nats_server.url)
+        try:
+            js = nc.jetstream()
+            info = await js.stream_info("PLATFORM_ADMIN")
+            info.config.max_msg_size = 1_000
+            await js.update_stream(info.config)
+            # A change too large for the stream now, then ordinary ones behind it.
+            await flags.CreateFlag(
+                flag_pb2.CreateFlagRequest(key="order.big", description="x" * 1_500)
+            )
+            for i in range(5):
+                await flags.CreateFlag(flag_pb2.CreateFlagRequest(key=f"order.after-{i}"))
+
+            def big() -> tuple[int, str | None]:
+                row = sql.execute(
+                    "SELECT attempt, last_error FROM outbox WHERE payload->>'key' = 'order.big'"
+                ).fetchone()
+                assert row is not None
+                return int(row[0]), row[1]
+
+            assert await wait_until(lambda: big()[0] >= 2, timeout=30), big()
+            assert "size" in (big()[1] or "").lower() or "maximum" in (big()[1] or "").lower()
+            assert unpublished(db_url) == 6, "a row behind the failing one was published"
+            info.config.max_msg_size = -1
+            await js.update_stream(info.config)
+        finally:
+            await nc.close()
+    assert await wait_until(lambda: unpublished(db_url) == 0, timeout=30)
+    received = await read_stream(nats_server.url, expect=7, timeout=30)
+    check_delivered_once_in_order(received, outbox_rows(db_url))
+    assert [r.body["key"] for r in received][:2] == ["order.first", "order.big"]

@@ -32,10 +32,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nats.aio.client import Client
-from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from server.bus.connection import ensure_relay_stream
+from server.bus.publisher import Publisher
 from server.ops import metrics
 from server.settings import Settings
 from storage import outbox
@@ -48,6 +48,7 @@ HEADER_SEQ = "Platform-Admin-Seq"
 HEADER_CHANGED_BY = "Platform-Admin-Changed-By"
 HEADER_TENANT = "Platform-Admin-Tenant-Id"
 HEADER_EXPECTED_LAST = "Nats-Expected-Last-Msg-Id"
+HEADER_EXPECTED_STREAM = "Nats-Expected-Stream"
 SUBJECTS = (outbox.FLAG_CHANGED, outbox.CONFIG_CHANGED, outbox.HEALTH_CHANGED)
 
 # Rows read, published (pipelined) and marked (one UPDATE) at a time. A row published but
@@ -107,8 +108,7 @@ class Relay:
         self.leader = False
         self.stream_ready = False
         self._failing_since: float | None = None
-        self._js: JetStreamContext | None = None
-        self._js_of: Client | None = None
+        self._pub: Publisher | None = None
         # The id of the last row this leader saw acked: the next message's expected
         # predecessor. None after a failure or a takeover (the next message names none).
         self._last_id: str | None = None
@@ -178,11 +178,11 @@ class Relay:
             and (nc is None or not nc.is_connected)
         )
 
-    def _jetstream(self, nc: Client) -> JetStreamContext:
-        """One JetStream context per connection (building one per publish costs)."""
-        if self._js is None or self._js_of is not nc:
-            self._js, self._js_of = nc.jetstream(), nc
-        return self._js
+    def _publisher(self, nc: Client) -> Publisher:
+        """One publisher (and reply subscription) per connection."""
+        if self._pub is None or self._pub.nc is not nc:
+            self._pub = Publisher(nc)
+        return self._pub
 
     async def _ensure_stream(self, nc: Client) -> None:
         if not self.stream_ready:
@@ -265,27 +265,20 @@ class Relay:
         is answered as a duplicate before that check.)
         """
         nc = self._nats()
-        futures: list[asyncio.Future[Any]] = []
+        futures: list[asyncio.Future[dict[str, Any]]] = []
         error: str | None = None
         try:
             if nc is None:
                 raise ConnectionError("not connected to NATS")
             await self._ensure_stream(nc)
-            js = self._jetstream(nc)
+            publisher = self._publisher(nc)
             previous = self._last_id
             for row in rows:
                 headers = headers_of(row)
+                headers[HEADER_EXPECTED_STREAM] = self.settings.nats_stream
                 if previous is not None:
                     headers[HEADER_EXPECTED_LAST] = previous
-                futures.append(
-                    await js.publish_async(
-                        row.subject,
-                        row.body.encode(),
-                        wait_stall=PUBLISH_TIMEOUT_S,
-                        stream=self.settings.nats_stream,
-                        headers=headers,
-                    )
-                )
+                futures.append(await publisher.publish(row.subject, row.body.encode(), headers))
                 previous = row.id
         except asyncio.CancelledError:
             raise
