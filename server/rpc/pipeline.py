@@ -62,18 +62,13 @@ class AllowAll:
 
 
 def _domain_error(exc: BaseException, method: str) -> DomainError:
+    """Domain errors go out as they are; anything else is a bug: INTERNAL, details logged.
+
+    Database errors never get here: storage/ translates every driver error at its boundary
+    (storage/db.py ``Database.read`` / ``transaction``, storage/notify.py).
+    """
     if isinstance(exc, DomainError):
         return exc
-    from storage.db import translate  # database errors that escaped a query module
-
-    try:
-        import psycopg
-        import psycopg_pool
-
-        if isinstance(exc, psycopg.Error | psycopg_pool.PoolTimeout):
-            return translate(exc)
-    except ImportError:  # pragma: no cover
-        pass
     log.exception("unhandled error in %s", method, exc_info=exc)
     return INTERNAL
 
