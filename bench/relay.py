@@ -33,7 +33,7 @@ import psycopg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from platform_admin.v1 import flag_pb2, flag_pb2_grpc
 
-from bench.hot_path import bench_server_url, own_database, say, start_service
+from bench.harness import bench_server_url, own_database, say, start_service
 from server.bus import embedded_nats
 
 ROWS = int(os.environ.get("BENCH_RELAY_ROWS", "5000"))

@@ -14,7 +14,8 @@ from datetime import datetime, timedelta
 import psycopg
 from psycopg.rows import class_row
 
-from storage import retention
+from domain import inbox_events
+from storage import configs, flags, health, retention
 from storage.db import Database
 from storage.relay import bounded_error
 
@@ -65,6 +66,36 @@ async def claim(
     """Records the message in the caller's transaction; False when it was recorded before."""
     cur = await conn.execute(_CLAIM, (message_id, subject[:200], stream_seq))
     return await cur.fetchone() is not None
+
+
+async def apply(
+    db: Database,
+    message_id: str,
+    subject: str,
+    stream_seq: int | None,
+    event: inbox_events.Event,
+) -> bool:
+    """Records the message and applies its effect in one transaction; False when it was
+    recorded before (nothing is changed then).
+
+    The effects are the RPCs' own writes: a deleted tenant leaves every flag's lists
+    (SetTenantOverride's write: version + 1, outbox row) and its TENANT-scope configs are
+    archived (ArchiveConfig's write: version + 1, history, outbox row); a heartbeat is
+    ReportHeartbeat's UPDATE. No actor: changed_by stays empty. NotFound (no such
+    service) rolls everything back, the inbox row included.
+    """
+
+    async def work(conn: psycopg.AsyncConnection) -> bool:
+        if not await claim(conn, message_id, subject, stream_seq):
+            return False
+        if isinstance(event, inbox_events.TenantDeleted):
+            await flags.remove_tenant(conn, event.tenant_id, None)
+            await configs.archive_tenant(conn, event.tenant_id, None)
+        else:
+            await health.heartbeat_in(conn, event.service_id)
+        return True
+
+    return await db.transaction(work)
 
 
 async def record_malformed(

@@ -267,7 +267,7 @@ async def test_malformed_messages_change_nothing_stop_nothing_and_are_counted(
 
 
 def test_parse_rules() -> None:
-    from domain import inbox as rules
+    from domain import inbox_events as rules
     from domain.errors import InvalidArgument
 
     assert rules.parse("identity.tenant.deleted", deleted(T.lower())) == rules.TenantDeleted(T)

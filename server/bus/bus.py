@@ -18,9 +18,9 @@ from collections.abc import Awaitable, Callable
 from nats.aio.client import Client
 
 from server.bus.connection import connect
-from server.bus.feed import ChangeSignal
 from server.bus.inbox import Inbox
 from server.bus.relay import Relay
+from server.bus.wakeup import ChangeSignal
 from server.settings import Settings
 from storage.db import Database, PoolSettings
 from storage.relay import RelaySession
@@ -67,12 +67,13 @@ class Bus:
             await self.on_health(connected)
 
     async def run(self) -> None:
-        self.signal.start()
-        tasks: list[asyncio.Task[None]] = []
+        tasks: list[asyncio.Task[None]] = [
+            asyncio.create_task(self.signal.run(), name="bus-wakeup"),
+        ]
         try:
             await self._report()
             await self._connect()
-            tasks = [
+            tasks += [
                 asyncio.create_task(self.relay.run(), name="bus-relay"),
                 asyncio.create_task(self.inbox.run(), name="bus-inbox"),
             ]
@@ -83,7 +84,6 @@ class Bus:
                 await self._report()
                 await asyncio.sleep(HEALTH_CHECK_S)
         finally:
-            self.signal.stop()
             for task in tasks:
                 task.cancel()
             for task in tasks:

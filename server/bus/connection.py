@@ -18,7 +18,7 @@ from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from domain import inbox as inbox_rules
+from domain import inbox_events as inbox_rules
 from server.settings import Settings
 
 log = logging.getLogger(__name__)

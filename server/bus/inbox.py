@@ -20,7 +20,6 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-import psycopg
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -28,12 +27,11 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from domain import inbox as rules
+from domain import inbox_events as rules
 from domain.errors import DomainError, InvalidArgument, NotFound
 from server.bus.connection import ensure_inbox_stream
 from server.ops import metrics
 from server.settings import Settings
-from storage import configs, flags, health
 from storage import inbox as store
 from storage.db import Database
 
@@ -132,9 +130,7 @@ class Inbox:
             if id_error is not None:
                 raise InvalidArgument.field("Nats-Msg-Id", id_error)
             event = rules.parse(msg.subject, msg.data)
-            applied = await self.db.transaction(
-                lambda conn: self._apply(conn, message_id, msg.subject, sequence, event)
-            )
+            applied = await store.apply(self.db, message_id, msg.subject, sequence, event)
             outcome = "applied" if applied else "duplicate"
         except (InvalidArgument, NotFound) as exc:
             outcome = await self._malformed(msg, message_id, sequence, exc.message)
@@ -160,27 +156,3 @@ class Inbox:
     async def ack(self, msg: Msg) -> None:
         """Acks after commit (tests replace it to lose an ack and force a redelivery)."""
         await msg.ack()
-
-    async def _apply(
-        self,
-        conn: psycopg.AsyncConnection,
-        message_id: str,
-        subject: str,
-        sequence: int | None,
-        event: rules.Event,
-    ) -> bool:
-        if not await store.claim(conn, message_id, subject, sequence):
-            return False
-        # No actor: changed_by stays empty in history and outbox headers (see README).
-        if isinstance(event, rules.TenantDeleted):
-            changed = await flags.remove_tenant(conn, event.tenant_id, None)
-            archived = await configs.archive_tenant(conn, event.tenant_id, None)
-            log.info(
-                "inbox: tenant %s deleted: removed from %d flags, %d configs archived",
-                event.tenant_id,
-                len(changed),
-                len(archived),
-            )
-        else:
-            await health.heartbeat_in(conn, event.service_id)
-        return True

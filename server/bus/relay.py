@@ -34,11 +34,11 @@ from typing import Any
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
+from domain import events
 from server.bus.connection import ensure_relay_stream
 from server.bus.publisher import Publisher
 from server.ops import metrics
 from server.settings import Settings
-from storage import outbox
 from storage.relay import PendingRow, RelaySession
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ HEADER_CHANGED_BY = "Platform-Admin-Changed-By"
 HEADER_TENANT = "Platform-Admin-Tenant-Id"
 HEADER_EXPECTED_LAST = "Nats-Expected-Last-Msg-Id"
 HEADER_EXPECTED_STREAM = "Nats-Expected-Stream"
-SUBJECTS = (outbox.FLAG_CHANGED, outbox.CONFIG_CHANGED, outbox.HEALTH_CHANGED)
+SUBJECTS = events.SUBJECTS
 
 # Rows read, published (pipelined) and marked (one UPDATE) at a time. A row published but
 # not yet marked is sent again only after a crash, and then deduplicated.
