@@ -127,13 +127,15 @@ class Inbox:
         message_id, sequence, id_error = self._message_id(msg)
         outcome: str
         try:
-            if id_error is not None:
-                raise InvalidArgument.field("Nats-Msg-Id", id_error)
-            event = rules.parse(msg.subject, msg.data)
-            applied = await store.apply(self.db, message_id, msg.subject, sequence, event)
-            outcome = "applied" if applied else "duplicate"
-        except (InvalidArgument, NotFound) as exc:
-            outcome = await self._malformed(msg, message_id, sequence, exc.message)
+            try:
+                if id_error is not None:
+                    raise InvalidArgument.field("Nats-Msg-Id", id_error)
+                event = rules.parse(msg.subject, msg.data)
+                applied = await store.apply(self.db, message_id, msg.subject, sequence, event)
+                outcome = "applied" if applied else "duplicate"
+            except (InvalidArgument, NotFound) as exc:
+                # Recorded with its error; a failure to record it is a passing one (below).
+                outcome = await self._malformed(msg, message_id, sequence, exc.message)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
