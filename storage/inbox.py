@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import psycopg
-from psycopg.rows import class_row
 
 from domain import inbox_events
 from storage import configs, flags, health, retention
@@ -110,25 +109,10 @@ async def record_malformed(
 
 
 async def get(db: Database, message_id: str) -> InboxRow | None:
-    async with db.read() as conn:
-        cur = conn.cursor(row_factory=class_row(InboxRow))
-        await cur.execute(_GET, (message_id,))
-        return await cur.fetchone()
+    return await db.one(InboxRow, _GET, (message_id,))
 
 
-async def prune(
-    db: Database, *, older_than: timedelta = RETENTION, batch: int = 5000, max_batches: int = 0
-) -> int:
-    """Deletes inbox rows older than ``older_than`` (7 days) in batches; returns the count.
-
-    A message redelivered after its row is gone would be applied again: JetStream's
-    redelivery and duplicate windows are minutes, far inside the retention.
-    """
-    return await retention.prune_in_batches(
-        db,
-        lock_id=PRUNE_LOCK,
-        delete_sql=_PRUNE,
-        older_than=older_than,
-        batch=batch,
-        max_batches=max_batches,
-    )
+# Inbox rows older than 7 days go, in batches (storage/retention.py). A message redelivered
+# after its row is gone would be applied again: JetStream's redelivery and duplicate windows
+# are minutes, far inside the retention.
+prune = retention.Retention(PRUNE_LOCK, _PRUNE, RETENTION, 5000).prune

@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg
-from psycopg.rows import class_row
 
-from storage.db import PoolSettings, session_options
+from storage.db import PoolSettings, fetch_all, session_options
 
 # Arbitrary constant shared by every replica: "outbox relay leader" (session-scoped).
 RELAY_LOCK = 7_340_003
@@ -121,9 +120,7 @@ class RelaySession:
 
     async def pending(self, limit: int) -> list[PendingRow]:
         """The oldest sequenced rows without published_at, in seq order."""
-        cur = self._connection().cursor(row_factory=class_row(PendingRow))
-        await cur.execute(_PENDING, (limit,))
-        return await cur.fetchall()
+        return await fetch_all(self._connection(), PendingRow, _PENDING, (limit,))
 
     async def mark_published(self, ids: Sequence[str]) -> None:
         if ids:
