@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import statistics
 import subprocess
 import tempfile
@@ -55,7 +56,8 @@ PAYLOAD = {
 }
 
 
-def start_nats(root: Path) -> subprocess.Popen[bytes]:
+def start_nats(root: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A nats-server of this run's own (JetStream, store under ``root``) and its port."""
     port = embedded_nats.free_port()
     process = subprocess.Popen(
         [
@@ -65,14 +67,11 @@ def start_nats(root: Path) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    process.port = port  # type: ignore[attr-defined]
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError):
-            import socket
-
             socket.create_connection(("127.0.0.1", port), timeout=0.3).close()
-            return process
+            return process, port
         time.sleep(0.05)
     raise SystemExit("nats-server did not start")
 
@@ -270,8 +269,8 @@ def main() -> None:
         own_database(server_url, "platform_admin_bench_relay") as url,
     ):
         root = Path(tmp)
-        broker = start_nats(root)
-        nats_url = f"nats://127.0.0.1:{broker.port}"  # type: ignore[attr-defined]
+        broker, nats_port = start_nats(root)
+        nats_url = f"nats://127.0.0.1:{nats_port}"
         service = start_service(url, root, nats_url=nats_url)
         try:
             asyncio.run(measure(url, nats_url, service.port))
