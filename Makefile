@@ -39,13 +39,20 @@ lint: $(STAMP) ## buf lint + format, ruff, mypy
 	$(BIN)/mypy
 
 generate: $(STAMP) ## Regenerate generated/ from protos/
-	rm -rf generated/platform_admin
+	rm -rf generated/platform_admin generated/flagd/evaluation generated/flagd/sync
 	$(BIN)/python -m grpc_tools.protoc -I protos \
 		--python_out=generated --pyi_out=generated \
 		--grpc_python_out=generated --mypy_grpc_out=generated \
 		--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc \
 		$(PROTO_FILES)
 	touch generated/platform_admin/__init__.py generated/platform_admin/v1/__init__.py generated/platform_admin/py.typed
+	touch generated/flagd/evaluation/__init__.py generated/flagd/evaluation/v1/__init__.py \
+		generated/flagd/evaluation/v2/__init__.py generated/flagd/sync/__init__.py \
+		generated/flagd/sync/v1/__init__.py
+	# flagd's messages live in a descriptor pool of their own (generated/flagd/_pool.py), so
+	# a process may load these stubs and the flagd providers' own copies side by side.
+	sed -i 's/^from google.protobuf import descriptor_pool as _descriptor_pool$$/from flagd import _pool as _descriptor_pool/' \
+		$$(find generated/flagd -name '*_pb2.py' | sort)
 
 check-generated: $(STAMP) ## Fail if generated/ is not what protos/ produce
 	@tmp=$$(mktemp -d); cp -r generated "$$tmp/before"; \
