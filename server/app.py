@@ -21,6 +21,7 @@ from platform_admin.v1 import health_pb2_grpc as health_api_pb2_grpc
 
 from server.changes.read_model import ReadModel
 from server.changes.tail import Sequencer, Tail
+from server.openfeature.service import OpenFeature
 from server.ops import metrics
 from server.ops.metrics import MetricsServer, RpcMetrics
 from server.ops.prober import Prober, ProberConfig, prune_loop
@@ -107,6 +108,8 @@ class App:
         self.metrics = MetricsServer(self.db)
         # Every flag and config in memory, fed by the tail: Evaluate*/Resolve* never query.
         self.read_model = ReadModel(self.db, self.tail)
+        # flagd evaluation / sync protocols over the same read model (server/openfeature/).
+        self.openfeature = OpenFeature(self.read_model, self.tail)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -144,6 +147,7 @@ class App:
         health_api_pb2_grpc.add_HealthServiceServicer_to_server(
             HealthServicer(self.db, self.prober.config.allow_list), server
         )
+        self.openfeature.register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
@@ -220,6 +224,7 @@ class App:
             asyncio.ensure_future(self.server.stop(grace)) if self.server is not None else None
         )
         await self.watch.close(timeout=max(grace, 0.5))
+        await self.openfeature.close(timeout=max(grace, 0.5))
         if stopping is not None:
             await stopping
         await cancel_all(self._tasks)

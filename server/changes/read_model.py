@@ -39,7 +39,7 @@ from typing import Any
 from platform_admin.v1 import config_pb2, flag_pb2
 
 from domain import read_model as rm
-from domain.config_keys import ConfigKeySpec
+from domain.config_keys import ConfigKeySpec, ConfigValue, Scope
 from domain.errors import NotFound, Unavailable
 from domain.flags import Evaluation, Reason
 from server.rpc.convert import source_scope_to_proto, value_to_proto
@@ -343,6 +343,23 @@ class ReadModel:
         if flag is None:
             raise NotFound(f"flag {key} does not exist")
         return _EVALUATE_RESPONSES[flag.evaluate(tenant_id)]
+
+    def flag(self, key: str) -> rm.FlagState | None:
+        """The flag's current state (None if it does not exist), for other protocols' answers."""
+        self._require_loaded()
+        return self.state.flags.get(key)
+
+    def live_flags(self) -> list[rm.FlagState]:
+        """Every unarchived flag, ordered by key."""
+        self._require_loaded()
+        return self.state.live_flags()
+
+    def resolve_value(
+        self, spec: ConfigKeySpec, tenant_id: str | None, node_id: str | None
+    ) -> tuple[ConfigValue, Scope | None]:
+        """The effective value and its source scope (None: the key's default), unencoded."""
+        self._require_loaded()
+        return self.state.resolve(spec, tenant_id, node_id)
 
     def evaluate_flags(self, tenant_id: str, keys: Sequence[str]) -> bytes:
         """Encoded EvaluateFlagsResponse: ``keys`` (request order), or every live flag."""
