@@ -21,6 +21,7 @@ from platform_admin.v1 import health_pb2_grpc as health_api_pb2_grpc
 
 from server.changes.read_model import ReadModel
 from server.changes.tail import Sequencer, Tail
+from server.openfeature.service import SERVICE_NAMES as OPENFEATURE_SERVICE_NAMES
 from server.openfeature.service import OpenFeature
 from server.ops import metrics
 from server.ops.metrics import MetricsServer, RpcMetrics
@@ -40,7 +41,11 @@ SERVICE_NAMES = [
     config_pb2.DESCRIPTOR.services_by_name["ConfigService"].full_name,
     flag_pb2.DESCRIPTOR.services_by_name["FlagService"].full_name,
     health_api_pb2.DESCRIPTOR.services_by_name["HealthService"].full_name,
+    *OPENFEATURE_SERVICE_NAMES,
 ]
+# Reflection reads the default descriptor pool; flagd's messages live in a pool of their own
+# (generated/flagd/_pool.py), so grpcurl reaches those services with -proto protos/flagd/....
+REFLECTED_SERVICE_NAMES = [n for n in SERVICE_NAMES if n not in OPENFEATURE_SERVICE_NAMES]
 # grpc.health.v1 service name that is SERVING while the in-memory read model is current.
 READ_MODEL_HEALTH = "platform_admin.v1.ReadModel"
 MAX_RECEIVE_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -150,7 +155,7 @@ class App:
         self.openfeature.register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+            [*REFLECTED_SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
         if self.credentials is None:
             self.port = server.add_insecure_port(self.settings.listen)

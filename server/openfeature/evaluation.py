@@ -43,10 +43,20 @@ _CACHE_LIMIT = 50_000
 _READ = (TENANT_ATTRIBUTE, TARGETING_KEY, NODE_ATTRIBUTE)
 
 
+def _plain(value: Any) -> Any:
+    """A Struct value as target_of reads it: strings as such, null or unset as None."""
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind in (None, "null_value"):
+        return None
+    return getattr(value, kind)  # a number, bool, list or struct: rejected as not a string
+
+
 def target_from_struct(context: Any) -> Target:
     """Reads only the attributes that matter, however large the context is."""
     fields = context.fields
-    return target_of({name: context[name] for name in _READ if name in fields})
+    return target_of({name: _plain(fields[name]) for name in _READ if name in fields})
 
 
 class _Encoder:
