@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from openfeature.contrib.tools.flagd.core import FlagdCore
 from openfeature.evaluation_context import EvaluationContext
 
-from domain import read_model as rm
+from domain import read_state as rm
 from domain.config_keys import ALLOW_LIST, Scope, ValueType
 from domain.flags import Override, Reason, apply_override
 from server.openfeature import flagd_json

@@ -28,7 +28,7 @@ from flagd.evaluation.v2 import evaluation_pb2 as v2
 from flagd.evaluation.v2 import evaluation_pb2_grpc as v2_grpc
 
 from server.openfeature.answers import Answer, Answers, Kind, flag_not_found, type_mismatch
-from server.openfeature.changes import ChangeFeed, KeyChange
+from server.openfeature.changes import KeyChange, KeyChanges
 from server.openfeature.context import (
     NODE_ATTRIBUTE,
     TARGETING_KEY,
@@ -36,7 +36,7 @@ from server.openfeature.context import (
     Target,
     target_of,
 )
-from server.openfeature.streams import Streams
+from server.openfeature.streams import Streams, stream_lost
 
 KEEP_ALIVE_S = 20.0
 _CACHE_LIMIT = 50_000
@@ -95,7 +95,7 @@ class Evaluation:
     """The logic both protocol versions share; the servicers only bind message types."""
 
     def __init__(
-        self, answers: Answers, feed: ChangeFeed, streams: Streams, keep_alive_s: float
+        self, answers: Answers, feed: KeyChanges, streams: Streams, keep_alive_s: float
     ) -> None:
         self.answers = answers
         self.feed = feed
@@ -116,22 +116,29 @@ class Evaluation:
     async def events(self, response_type: Callable[..., Any]) -> AsyncIterator[Any]:
         wake = asyncio.Event()
         pending: dict[str, str] = {}
+        lost = False
 
-        def on_changes(changes: list[KeyChange]) -> None:
-            for change in changes:
+        def on_change(change: KeyChange | None) -> None:
+            nonlocal lost
+            if change is None:
+                lost = True
+            else:
                 pending[change.key] = change.type
             wake.set()
 
         with self.streams.open(wake):
-            unsubscribe = self.feed.subscribe(on_changes)
+            unsubscribe = self.feed.subscribe(on_change)
             try:
                 yield response_type(type="provider_ready")
                 while True:
                     if not await self.streams.wait(wake, self.keep_alive_s):
                         yield response_type(type="keep_alive")
                         continue
+                    if lost:
+                        raise stream_lost()
                     if not pending:
                         continue
+                    # Every key changed since the last message, in one message.
                     changed = {key: {"type": kind} for key, kind in pending.items()}
                     pending.clear()
                     message = response_type(type="configuration_change")

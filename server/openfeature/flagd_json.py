@@ -26,7 +26,7 @@ from collections import defaultdict
 from enum import StrEnum
 from typing import Any
 
-from domain import read_model as rm
+from domain import read_state as rm
 from domain.config_keys import ALLOW_LIST, ConfigValue
 from domain.errors import InvalidArgument
 from server.openfeature.answers import CONFIG_PREFIX, OFF, ON, shown, variant_of

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import grpc
 from flagd.evaluation.v1 import evaluation_pb2 as v1
 from flagd.evaluation.v1 import evaluation_pb2_grpc as v1_grpc
@@ -11,9 +9,10 @@ from flagd.evaluation.v2 import evaluation_pb2 as v2
 from flagd.evaluation.v2 import evaluation_pb2_grpc as v2_grpc
 from flagd.sync.v1 import sync_pb2, sync_pb2_grpc
 
+from server.changes.feed import ChangeFeed
 from server.changes.read_model import ReadModel
 from server.openfeature.answers import Answers
-from server.openfeature.changes import ChangeFeed
+from server.openfeature.changes import KeyChanges
 from server.openfeature.evaluation import KEEP_ALIVE_S, Evaluation, EvaluationV1, EvaluationV2
 from server.openfeature.streams import Streams
 from server.openfeature.sync import FlagSync
@@ -26,8 +25,10 @@ SERVICE_NAMES = [
 
 
 class OpenFeature:
-    def __init__(self, read_model: ReadModel, tail: Any, keep_alive_s: float = KEEP_ALIVE_S):
-        self.feed = ChangeFeed(tail)
+    def __init__(
+        self, read_model: ReadModel, feed: ChangeFeed, keep_alive_s: float = KEEP_ALIVE_S
+    ) -> None:
+        self.feed = KeyChanges(feed, read_model)
         self.streams = Streams()
         self.answers = Answers(read_model)
         self.evaluation = Evaluation(self.answers, self.feed, self.streams, keep_alive_s)
@@ -37,9 +38,8 @@ class OpenFeature:
         v1_grpc.add_ServiceServicer_to_server(EvaluationV1(self.evaluation), server)
         v2_grpc.add_ServiceServicer_to_server(EvaluationV2(self.evaluation), server)
         sync_pb2_grpc.add_FlagSyncServiceServicer_to_server(self.sync, server)
-        self.feed.start()
 
     async def close(self, timeout: float) -> None:
         """Open EventStream / SyncFlags streams end with UNAVAILABLE."""
         await self.streams.close(timeout)
-        self.feed.stop()
+        await self.feed.close()

@@ -17,6 +17,12 @@ def shutting_down() -> Unavailable:
     return Unavailable("the server is shutting down; reconnect", reason="SHUTTING_DOWN")
 
 
+def stream_lost() -> Unavailable:
+    return Unavailable(
+        "this server lost its place in the change stream; reconnect", reason="STREAM_RESTARTED"
+    )
+
+
 class Streams:
     def __init__(self) -> None:
         self.closing = False

@@ -5,7 +5,7 @@ Changes are coalesced: the first after a quiet period goes out at once (the prov
 sees a commit within the change stream's latency), later ones at most every
 ``min_interval_s`` (a burst of a thousand writes costs a few renderings, not a
 thousand). A rendering is shared by every stream with the same selector for the same
-state (``ChangeFeed.generation``), so many providers cost one rendering per change.
+state (named by the read model's seq), so many providers cost one rendering per change.
 
 The selector, from the ``flagd-selector`` header or the deprecated request field (the
 header wins), narrows the set to ``flags`` or ``configs``.
@@ -21,9 +21,9 @@ from flagd.sync.v1 import sync_pb2, sync_pb2_grpc
 
 from server.changes.read_model import ReadModel
 from server.openfeature import flagd_json
-from server.openfeature.changes import ChangeFeed, KeyChange
+from server.openfeature.changes import KeyChange, KeyChanges
 from server.openfeature.flagd_json import Selector
-from server.openfeature.streams import Streams
+from server.openfeature.streams import Streams, stream_lost
 
 SELECTOR_HEADER = "flagd-selector"
 MIN_INTERVAL_S = 0.25
@@ -47,7 +47,7 @@ class FlagSync(sync_pb2_grpc.FlagSyncServiceServicer):
     def __init__(
         self,
         read_model: ReadModel,
-        feed: ChangeFeed,
+        feed: KeyChanges,
         streams: Streams,
         min_interval_s: float = MIN_INTERVAL_S,
     ) -> None:
@@ -60,11 +60,14 @@ class FlagSync(sync_pb2_grpc.FlagSyncServiceServicer):
     def _current(self, selector: Selector) -> str:
         """The rendering for the current state, shared across streams (fresh after changes)."""
         self.read_model.live_flags()  # UNAVAILABLE until the read model is loaded
+        # Streams render after a change the read model has applied (its seq moved), so the
+        # seq names the state; this process's own writes are followed by their event.
+        seq = self.read_model.seq
         cached = self._rendered.get(selector)
-        if cached is not None and cached[0] == self.feed.generation:
+        if cached is not None and cached[0] == seq:
             return cached[1]
         text = flagd_json.render(self.read_model.state, selector)
-        self._rendered[selector] = (self.feed.generation, text)
+        self._rendered[selector] = (seq, text)
         return text
 
     async def SyncFlags(
@@ -73,13 +76,19 @@ class FlagSync(sync_pb2_grpc.FlagSyncServiceServicer):
         selector = selector_of(request.selector, context)
         wake = asyncio.Event()
 
-        def on_changes(changes: list[KeyChange]) -> None:
-            if any(_selected(selector, c) for c in changes):
+        lost = False
+
+        def on_change(change: KeyChange | None) -> None:
+            nonlocal lost
+            if change is None:
+                lost = True
+                wake.set()
+            elif _selected(selector, change):
                 wake.set()
 
         loop = asyncio.get_running_loop()
         with self.streams.open(wake):
-            unsubscribe = self.feed.subscribe(on_changes)
+            unsubscribe = self.feed.subscribe(on_change)
             try:
                 sent = self._current(selector)
                 yield sync_pb2.SyncFlagsResponse(flag_configuration=sent)
@@ -90,6 +99,8 @@ class FlagSync(sync_pb2_grpc.FlagSyncServiceServicer):
                     if delay > 0:
                         await asyncio.sleep(delay)  # coalesce the rest of the burst
                         await self.streams.wait(wake, 0)
+                    if lost:
+                        raise stream_lost()
                     text = self._current(selector)
                     if text == sent:
                         continue
