@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from platform_admin.v1 import health_pb2_grpc as health_api_pb2_grpc
 
 from server.changes.read_model import ReadModel
 from server.changes.tail import Sequencer, Tail
+from server.http.listener import HttpListener, RouteRegistrar, build_application
 from server.ops import metrics
 from server.ops.metrics import MetricsServer, RpcMetrics
 from server.ops.prober import Prober, ProberConfig, prune_loop
@@ -81,6 +83,8 @@ class App:
     authorizer: Authorizer = field(default_factory=AllowAll)
     observers: list[CallObserver] = field(default_factory=list)
     credentials: grpc.ServerCredentials | None = None
+    # TLS for the HTTP listener (server/security/tls.py http_ssl_context), beside credentials.
+    http_ssl: ssl.SSLContext | None = None
     reuse_port: bool = False
     health_interval_s: float = 1.0
 
@@ -108,6 +112,28 @@ class App:
         # Every flag and config in memory, fed by the tail: Evaluate*/Resolve* never query.
         self.read_model = ReadModel(self.db, self.tail)
         self.health = health.aio.HealthServicer()
+        # One pipeline and one instance of each servicer, shared by the gRPC port and the
+        # HTTP listener's JSON API, so both answer (and refuse) alike.
+        self.pipeline = Pipeline(self.authorizer, self.settings.default_deadline_s, self.observers)
+        # Health probes and result retention (server/ops/prober.py); timings come from settings
+        # so tests can run them fast.
+        self.prober = Prober(self.db, ProberConfig.from_settings(self.settings))
+        self.config_servicer = ConfigServicer(self.db, watch=self.watch, read_model=self.read_model)
+        self.flag_servicer = FlagServicer(self.db, watch=self.watch, read_model=self.read_model)
+        self.health_servicer = HealthServicer(self.db, self.prober.config.allow_list)
+        # By full service name, for the HTTP listener's JSON API (server/http/api.py).
+        self.servicers: dict[str, object] = dict(
+            zip(
+                SERVICE_NAMES,
+                (self.config_servicer, self.flag_servicer, self.health_servicer),
+                strict=True,
+            )
+        )
+        # The HTTP listener (settings.http_listen; server/http/). Each function here adds its
+        # routes before the port opens: append to this list to serve something new over HTTP.
+        self.http = HttpListener()
+        self.http_routes: list[RouteRegistrar] = []
+        self.http_port = 0
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -118,9 +144,6 @@ class App:
             self.sequencer.run,
             self.read_model.run,
         ]
-        # Health probes and result retention (server/ops/prober.py); timings come from settings
-        # so tests can run them fast.
-        self.prober = Prober(self.db, ProberConfig.from_settings(self.settings))
         if self.settings.probe_enabled:
             self.background.append(self.prober.run)
         self.background.append(lambda: prune_loop(self.db, self.settings.health_prune_interval_s))
@@ -130,20 +153,11 @@ class App:
     async def start(self) -> int:
         await self.db.open(wait=False)
         server = grpc.aio.server(
-            interceptors=[
-                Pipeline(self.authorizer, self.settings.default_deadline_s, self.observers)
-            ],
-            options=server_options(self.reuse_port),
+            interceptors=[self.pipeline], options=server_options(self.reuse_port)
         )
-        config_pb2_grpc.add_ConfigServiceServicer_to_server(
-            ConfigServicer(self.db, watch=self.watch, read_model=self.read_model), server
-        )
-        flag_pb2_grpc.add_FlagServiceServicer_to_server(
-            FlagServicer(self.db, watch=self.watch, read_model=self.read_model), server
-        )
-        health_api_pb2_grpc.add_HealthServiceServicer_to_server(
-            HealthServicer(self.db, self.prober.config.allow_list), server
-        )
+        config_pb2_grpc.add_ConfigServiceServicer_to_server(self.config_servicer, server)
+        flag_pb2_grpc.add_FlagServiceServicer_to_server(self.flag_servicer, server)
+        health_api_pb2_grpc.add_HealthServiceServicer_to_server(self.health_servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
@@ -157,6 +171,14 @@ class App:
         # database is down now, the read model's background job keeps trying.
         await self.read_model.try_load(timeout=max(5.0, self.settings.statement_timeout_ms / 1000))
         await self._set_fresh()
+        if self.settings.http_listen is not None:
+            # Before the gRPC port answers: a taken HTTP port stops the start (OSError).
+            self.http_port = await self.http.start(
+                self.settings.http_listen,
+                build_application(self.authorizer, self, self.http_routes),
+                ssl_context=self.http_ssl,
+                reuse_port=self.reuse_port,
+            )
         await server.start()
         self.server = server
         for job in self.background:
@@ -220,6 +242,7 @@ class App:
             asyncio.ensure_future(self.server.stop(grace)) if self.server is not None else None
         )
         await self.watch.close(timeout=max(grace, 0.5))
+        await self.http.stop()
         if stopping is not None:
             await stopping
         await cancel_all(self._tasks)
