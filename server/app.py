@@ -22,6 +22,8 @@ from platform_admin.v1 import health_pb2_grpc as health_api_pb2_grpc
 
 from server.changes.read_model import ReadModel
 from server.changes.tail import Sequencer, Tail
+from server.console import routes as console
+from server.http import api
 from server.http.listener import HttpListener, RouteRegistrar, build_application
 from server.ops import metrics
 from server.ops.metrics import MetricsServer, RpcMetrics
@@ -132,7 +134,7 @@ class App:
         # The HTTP listener (settings.http_listen; server/http/). Each function here adds its
         # routes before the port opens: append to this list to serve something new over HTTP.
         self.http = HttpListener()
-        self.http_routes: list[RouteRegistrar] = []
+        self.http_routes: list[RouteRegistrar] = [api.register, console.register]
         self.http_port = 0
         self.server: grpc.aio.Server | None = None
         self.port = 0
