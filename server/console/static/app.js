@@ -210,12 +210,15 @@
     const main = document.getElementById("main");
     const id = ++state.renderId;
     const draw = async (render) => {
+      const started = performance.now();
       try {
         const content = await render();
         if (id === state.renderId) main.replaceChildren(content);
       } catch (error) {
         if (id === state.renderId && error.status !== 401) main.replaceChildren(el("p", { class: "error" }, error.message));
       }
+      // Read by the browser tests: which render finished, and how long it took.
+      document.body.dataset.renderMs = String(Math.round(performance.now() - started));
       document.body.dataset.rendered = String(id);
     };
     if (page === "health") {
@@ -244,14 +247,17 @@
 
   function chart(results) {
     const width = 320, height = 64, strip = 10;
-    const end = Date.now(), start = end - DAY_MS;
-    const x = (t) => ((t - start) / DAY_MS) * width;
-    const box = svg("svg", { class: "chart", width, height, viewBox: `0 0 ${width} ${height}`, role: "img" });
-    box.append(svg("title", {}, "check results, last 24 hours: status (bottom strip) and latency (line)"));
+    const end = Date.now();
     const points = results
       .map((r) => ({ t: new Date(r.checkTime).getTime(), status: shortEnum(r.status, "HEALTH_STATUS_"), latency: Number(r.details?.latency_ms) }))
-      .filter((p) => p.t >= start)
+      .filter((p) => p.t >= end - DAY_MS)
       .sort((a, b) => a.t - b.t);
+    // The last 24 hours, or less when the source is younger: its whole history, readable.
+    const start = points.length ? Math.max(end - DAY_MS, points[0].t) : end - DAY_MS;
+    const span = Math.max(end - start, 1000);
+    const x = (t) => ((t - start) / span) * width;
+    const box = svg("svg", { class: "chart", width, height, viewBox: `0 0 ${width} ${height}`, role: "img" });
+    box.append(svg("title", {}, `check results from ${fmtTime(new Date(start).toISOString())}: status (bottom strip) and latency (line)`));
     const colors = { HEALTHY: "#1a7f37", DEGRADED: "#b58100", UNHEALTHY: "#cf222e" };
     points.forEach((p, i) => {
       const next = i + 1 < points.length ? points[i + 1].t : end;
@@ -262,7 +268,7 @@
       const top = Math.max(...timed.map((p) => p.latency), 1);
       const y = (v) => (height - strip - 4 - (v / top) * (height - strip - 10)).toFixed(1);
       box.append(svg("polyline", { fill: "none", stroke: "#0969da", "stroke-width": 1.5, points: timed.map((p) => `${x(p.t).toFixed(1)},${y(p.latency)}`).join(" ") }));
-      box.append(svg("text", { x: 2, y: 10, "font-size": 9, fill: "#656d76" }, `max ${top} ms`));
+      box.append(svg("text", { x: 2, y: 10, "font-size": 9, fill: "#656d76" }, `max ${top} ms · from ${fmtTime(new Date(start).toISOString()).slice(11, 16)} UTC`));
     } else {
       box.append(svg("text", { x: 2, y: 12, "font-size": 9, fill: "#656d76" }, points.length ? "no latency reported" : "no checks in 24 h"));
     }
@@ -528,7 +534,9 @@
   }
 
   function configEditor(keys, byKey, session, saved) {
-    const key = el("select", { id: "set-key", name: "key" }, keys.map((k) => el("option", { value: k.key }, k.key)));
+    // A tenant admin sets TENANT-scope values only: offer just the keys that have that scope.
+    const settable = keys.filter((k) => !session.tenantScoped || k.allowedScopes.includes("CONFIG_SCOPE_TENANT"));
+    const key = el("select", { id: "set-key", name: "key" }, settable.map((k) => el("option", { value: k.key }, k.key)));
     const scope = el("select", { id: "set-scope" });
     const tenant = el("input", { id: "set-tenant", placeholder: "tenant ULID", size: 28, value: session.tenantScoped ? session.tenantId : "", disabled: session.tenantScoped });
     const node = el("input", { id: "set-node", placeholder: "node id", size: 16 });
