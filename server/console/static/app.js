@@ -116,7 +116,11 @@
       if (timer !== null) return;
       timer = setTimeout(() => { timer = null; if (!controller.signal.aborted) onChange(); }, 150);
     };
-    const setLive = (live) => { document.body.dataset.live = live ? "on" : "off"; };
+    const setLive = (live) => {
+      document.body.dataset.live = live ? "on" : "off";
+      const label = document.getElementById("live-state");
+      if (label) label.textContent = live ? "● live" : "reconnecting…";
+    };
     (async () => {
       let first = true;
       while (!controller.signal.aborted) {
@@ -266,7 +270,7 @@
     const timed = points.filter((p) => Number.isFinite(p.latency));
     if (timed.length) {
       const top = Math.max(...timed.map((p) => p.latency), 1);
-      const y = (v) => (height - strip - 4 - (v / top) * (height - strip - 10)).toFixed(1);
+      const y = (v) => (height - strip - 3 - (v / top) * (height - strip - 17)).toFixed(1);
       box.append(svg("polyline", { fill: "none", stroke: "#0969da", "stroke-width": 1.5, points: timed.map((p) => `${x(p.t).toFixed(1)},${y(p.latency)}`).join(" ") }));
       box.append(svg("text", { x: 2, y: 10, "font-size": 9, fill: "#656d76" }, `max ${top} ms · from ${fmtTime(new Date(start).toISOString()).slice(11, 16)} UTC`));
     } else {
@@ -278,10 +282,22 @@
   async function healthPage() {
     const health = await api("HealthService/GetPlatformHealth", {});
     const sources = health.sources || [];
+    // The table is drawn from GetPlatformHealth alone; each chart fills in when its check
+    // results arrive (a few at a time), so the page answers at once with many sources.
     const since = new Date(Date.now() - DAY_MS).toISOString();
-    const histories = await Promise.all(sources.map((s) =>
-      api("HealthService/ListCheckResults", { sourceId: s.sourceId, startTime: since, pageSize: 1000 })
-        .then((r) => r.results || []).catch(() => [])));
+    const charts = sources.map(() => el("div", { class: "chart-slot" }, chart([])));
+    const queue = sources.map((s, i) => [s, i]);
+    const worker = async () => {
+      for (let next = queue.shift(); next; next = queue.shift()) {
+        const [s, i] = next;
+        try {
+          const r = await api("HealthService/ListCheckResults", { sourceId: s.sourceId, startTime: since, pageSize: 1000 });
+          charts[i].replaceChildren(chart(r.results || []));
+        } catch (_) { /* the chart stays empty; the row still says the last status */ }
+      }
+    };
+    const chartsDone = Promise.all([1, 2, 3, 4].map(worker)).then(() => { document.body.dataset.charts = String(Date.now()); });
+    chartsDone.catch(() => {});
     const worst = shortEnum(health.status, "HEALTH_STATUS_");
     const sinceTimes = sources
       .filter((s) => shortEnum(s.effectiveStatus, "HEALTH_STATUS_") === worst && s.statusTime)
@@ -291,7 +307,7 @@
       el("span", { class: "muted", id: "platform-since" },
         sinceTimes.length ? "since " + fmtTime(new Date(Math.min(...sinceTimes)).toISOString()) : ""),
       el("span", { class: "muted" }, `${sources.length} sources · evaluated ${fmtTime(health.evaluateTime)}`),
-      el("span", { class: "muted", id: "live-state" }, "live updates"));
+      el("span", { class: "muted", id: "live-state" }, document.body.dataset.live === "on" ? "● live" : "connecting…"));
     const rows = sources.map((s, i) => {
       const d = s.lastDetails || {};
       const protocolStatus = d.http_status ?? d.grpc_status ?? "—";
@@ -308,7 +324,7 @@
         el("td", {}, String(protocolStatus)),
         el("td", { class: "details" }, d.error === undefined ? "" : String(d.error),
           Object.keys(other).length ? el("div", { class: "muted mono" }, JSON.stringify(other)) : null),
-        el("td", {}, chart(histories[i])));
+        el("td", {}, charts[i]));
     });
     return el("div", {}, overall,
       sources.length ? el("table", { id: "sources" },
