@@ -4,10 +4,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BROWSER_STAMP := $(VENV)/.installed-browser
+CHROMIUM ?= /usr/bin/chromium
 PROTO_FILES := $(shell find protos -name '*.proto' | sort)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run migrate test test-faults lint generate check-generated bench bench-watch bench-health soak clean
+.PHONY: help install run migrate test test-faults test-browser lint generate check-generated bench bench-watch bench-health soak clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -27,10 +29,18 @@ migrate: $(STAMP) ## Apply pending migrations and exit
 	$(BIN)/platform-admin migrate
 
 test: $(STAMP) check-generated lint ## Run the whole test suite (embedded PostgreSQL unless DATABASE_URL is set)
-	$(BIN)/python -m pytest -m "not faults" -q
+	$(BIN)/python -m pytest -m "not faults and not browser" -q
 
 test-faults: $(STAMP) ## Run the fault-injection suite (bounded in time)
 	$(BIN)/python -m pytest -m faults -q
+
+$(BROWSER_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[dev,browser]'
+	touch $(BROWSER_STAMP)
+
+test-browser: $(BROWSER_STAMP) ## Console tests in headless chromium (installs Debian's chromium if missing)
+	test -x $(CHROMIUM) || (apt-get update && apt-get install -y chromium)
+	CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -m browser -q
 
 lint: $(STAMP) ## buf lint + format, ruff, mypy
 	cd protos && ../$(BIN)/buf lint && ../$(BIN)/buf format -d --exit-code

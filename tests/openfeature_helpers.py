@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import pytest
 from openfeature import api
 from openfeature.client import OpenFeatureClient
 from openfeature.contrib.provider.flagd import FlagdProvider
@@ -25,7 +26,7 @@ from platform_admin.v1 import config_pb2_grpc, flag_pb2_grpc
 from platform_admin.v1 import flag_pb2 as fpb
 
 from tests.auth_helpers import ADMIN, SECRET, Caller, sign
-from tests.grpcurl_server import RunningServer
+from tests.grpcurl_server import RunningServer, start_server, stop_server
 
 AUTH_ENV = {
     "PLATFORM_ADMIN_JWT_SECRET": SECRET,
@@ -217,3 +218,22 @@ def wait_until(condition: Any, timeout: float = 10.0) -> None:
             return
         time.sleep(0.02)
     raise AssertionError("condition not met in time")
+
+
+@pytest.fixture(scope="module")
+def openfeature_server(
+    databases: Any, tmp_path_factory: Any
+) -> Iterator[tuple[RunningServer, Truth]]:
+    """One seeded ``platform-admin serve`` (auth on, HTTP listener on) per test module."""
+    db_url = databases.create()
+    server = start_server(db_url, tmp_path_factory.mktemp("openfeature"), env=AUTH_ENV)
+    truth: Truth | None = None
+    try:
+        seed(server)
+        truth = Truth(server)
+        yield server, truth
+    finally:
+        if truth is not None:
+            truth.close()
+        stop_server(server)
+        databases.drop(db_url)

@@ -8,7 +8,6 @@ import math
 import queue
 import statistics
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -24,18 +23,16 @@ from platform_admin.v1 import flag_pb2 as fpb
 from platform_admin.v1 import flag_pb2_grpc
 
 from tests.auth_helpers import ADMIN, SERVICE, TENANT_ADMIN_A
-from tests.grpcurl_server import RunningServer, start_server, stop_server
+from tests.grpcurl_server import start_server, stop_server
 from tests.openfeature_helpers import (
     AUTH_ENV,
     CONFIG_TYPES,
     FLAGS,
     TENANTS,
-    Truth,
     client_for,
     contexts,
     flagd_provider,
     metadata,
-    seed,
 )
 
 # The providers' background threads may log a closed channel while shutting down.
@@ -47,29 +44,13 @@ CODE_DEFAULTS = {bool: True, int: -1, str: "code-default"}
 LATENCY_SAMPLES = 40
 
 
-@pytest.fixture(scope="module")
-def served(databases, tmp_path_factory) -> Iterator[tuple[RunningServer, Truth]]:
-    db_url = databases.create()
-    server = start_server(db_url, tmp_path_factory.mktemp("openfeature"), env=AUTH_ENV)
-    truth: Truth | None = None
-    try:
-        seed(server)
-        truth = Truth(server)
-        yield server, truth
-    finally:
-        if truth is not None:
-            truth.close()
-        stop_server(server)
-        databases.drop(db_url)
-
-
 def _details(client: Any, key: str, kind: type, context: EvaluationContext) -> Any:
     return getattr(client, CALL[kind])(key, CODE_DEFAULTS[kind], context)
 
 
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m.value)
-def test_provider_answers_like_evaluate_flag_and_resolve_config(served, mode):
-    server, truth = served
+def test_provider_answers_like_evaluate_flag_and_resolve_config(openfeature_server, mode):
+    server, truth = openfeature_server
     checked = 0
     with client_for(flagd_provider(server, mode, SERVICE)) as client:
         for tenant, node, context in contexts():
@@ -96,8 +77,8 @@ def test_provider_answers_like_evaluate_flag_and_resolve_config(served, mode):
 
 
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m.value)
-def test_unknown_keys_and_wrong_types_are_the_sdk_errors(served, mode):
-    server, _ = served
+def test_unknown_keys_and_wrong_types_are_the_sdk_errors(openfeature_server, mode):
+    server, _ = openfeature_server
     context = EvaluationContext(TENANTS[0])
     with client_for(flagd_provider(server, mode, SERVICE)) as client:
         for key in ("of.no-such-flag", "config:global.no_such_key", "config:"):
@@ -117,9 +98,9 @@ def test_unknown_keys_and_wrong_types_are_the_sdk_errors(served, mode):
             assert wrong.error_message
 
 
-def test_the_server_names_the_error_for_rpc_mode_callers(served):
+def test_the_server_names_the_error_for_rpc_mode_callers(openfeature_server):
     """The RPC-mode provider keeps only the status code; the server's message says more."""
-    server, _ = served
+    server, _ = openfeature_server
     with grpc.insecure_channel(server.address) as channel:
         stub = ev2_grpc.ServiceStub(channel)
         md = metadata(SERVICE)
@@ -151,8 +132,8 @@ def test_the_server_names_the_error_for_rpc_mode_callers(served):
 
 
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m.value)
-def test_a_change_reaches_the_provider_without_polling_within_100_ms(served, mode):
-    server, _ = served
+def test_a_change_reaches_the_provider_without_polling_within_100_ms(openfeature_server, mode):
+    server, _ = openfeature_server
     key, tenant = "of.default-off", TENANTS[11]
     seen: queue.Queue[tuple[float, list[str]]] = queue.Queue()
 
@@ -207,8 +188,8 @@ def test_a_change_reaches_the_provider_without_polling_within_100_ms(served, mod
 
 
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m.value)
-def test_without_a_token_the_provider_is_refused(served, mode):
-    server, _ = served
+def test_without_a_token_the_provider_is_refused(openfeature_server, mode):
+    server, _ = openfeature_server
     provider = flagd_provider(server, mode, None, fatal_status_codes=["UNAUTHENTICATED"])
     with pytest.raises(Exception, match=r"(?i)fatal"), client_for(provider):
         pass
@@ -220,8 +201,8 @@ def test_without_a_token_the_provider_is_refused(served, mode):
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-def test_a_tenant_admin_evaluates_only_its_own_tenant(served):
-    server, _ = served
+def test_a_tenant_admin_evaluates_only_its_own_tenant(openfeature_server):
+    server, _ = openfeature_server
     with client_for(flagd_provider(server, ResolverType.RPC, TENANT_ADMIN_A)) as client:
         own = client.get_boolean_details(
             "of.default-on", True, EvaluationContext(TENANT_ADMIN_A.tenant_id)
@@ -239,8 +220,8 @@ def test_a_tenant_admin_evaluates_only_its_own_tenant(served):
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-def test_selector_narrows_the_synced_set(served):
-    server, _ = served
+def test_selector_narrows_the_synced_set(openfeature_server):
+    server, _ = openfeature_server
     with grpc.insecure_channel(server.address) as channel:
         stub = sync_pb2_grpc.FlagSyncServiceStub(channel)
         md = metadata(SERVICE)

@@ -83,6 +83,9 @@ POLICY: Mapping[str, frozenset[str]] = {
     _FLAGD_SYNC + "SyncFlags": _READ | {SERVICE},
     _FLAGD_SYNC + "FetchAllFlags": _READ | {SERVICE},
     _FLAGD_SYNC + "GetMetadata": _READ | {SERVICE},
+    # OFREP over HTTP (server/openfeature/ofrep.py): the same evaluations as flagd's.
+    "/ofrep.v1.OFREP/EvaluateFlag": _READ_SERVICE_TENANT,
+    "/ofrep.v1.OFREP/EvaluateFlagsBulk": _READ_SERVICE_TENANT,
 }
 
 
