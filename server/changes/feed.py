@@ -44,7 +44,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -237,6 +237,7 @@ class Subscription:
         self._expired: DomainError | None = None
         self._closed = False
         self._wake = asyncio.Event()
+        self._items: AsyncGenerator[Item] | None = None
 
     def close(self) -> None:
         """Ends the iteration at its next step (and stops live delivery now)."""
@@ -271,10 +272,15 @@ class Subscription:
 
     # -- the protocol -------------------------------------------------------------------
 
-    def __aiter__(self) -> AsyncIterator[Item]:
-        return self._run()
+    def __aiter__(self) -> Subscription:
+        return self
 
-    async def _run(self) -> AsyncIterator[Item]:
+    async def __anext__(self) -> Item:
+        if self._items is None:
+            self._items = self._run()
+        return await anext(self._items)
+
+    async def _run(self) -> AsyncGenerator[Item]:
         await self.feed.ready.wait()
         if self.after is SNAPSHOT:
             assert self.snapshot is not None

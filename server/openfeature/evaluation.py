@@ -7,8 +7,9 @@ key is NOT_FOUND (FLAG_NOT_FOUND), a wrong type or a bad context INVALID_ARGUMEN
 (TYPE_MISMATCH, INVALID_CONTEXT, TARGETING_KEY_MISSING) naming the field or attribute.
 
 Encoded answers are cached: an answer depends only on the key, its value, reason,
-variant and metadata, so a hot ResolveBoolean is a look-up and the pipeline hands the
-bytes to gRPC unchanged (server/rpc/pipeline.py).
+variant and metadata, so a hot ResolveBoolean is a look-up; each Resolve* has an
+``@encoded`` twin the pipeline serves, handing the bytes to gRPC unchanged
+(server/rpc/encoded.py).
 
 EventStream sends ``provider_ready`` at once, one ``configuration_change`` per change
 batch (keys coalesced while the client reads), ``keep_alive`` when idle, and ends with
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Any, cast
+from typing import Any
 
 import grpc
 from flagd.evaluation.v1 import evaluation_pb2 as v1
@@ -37,6 +38,7 @@ from server.openfeature.context import (
     target_of,
 )
 from server.openfeature.streams import Streams, stream_lost
+from server.rpc.encoded import encoded
 
 KEEP_ALIVE_S = 20.0
 _CACHE_LIMIT = 50_000
@@ -155,41 +157,63 @@ class EvaluationV2(v2_grpc.ServiceServicer):
     async def ResolveBoolean(
         self, request: v2.ResolveBooleanRequest, context: grpc.aio.ServicerContext
     ) -> v2.ResolveBooleanResponse:
-        return cast(
-            v2.ResolveBooleanResponse,
-            self.shared.resolve(request, Kind.BOOLEAN, v2.ResolveBooleanResponse),
+        return v2.ResolveBooleanResponse.FromString(
+            await self.ResolveBooleanEncoded(request, context)
         )
+
+    @encoded
+    async def ResolveBooleanEncoded(
+        self, request: v2.ResolveBooleanRequest, context: grpc.aio.ServicerContext
+    ) -> bytes:
+        return self.shared.resolve(request, Kind.BOOLEAN, v2.ResolveBooleanResponse)
 
     async def ResolveString(
         self, request: v2.ResolveStringRequest, context: grpc.aio.ServicerContext
     ) -> v2.ResolveStringResponse:
-        return cast(
-            v2.ResolveStringResponse,
-            self.shared.resolve(request, Kind.STRING, v2.ResolveStringResponse),
+        return v2.ResolveStringResponse.FromString(
+            await self.ResolveStringEncoded(request, context)
         )
+
+    @encoded
+    async def ResolveStringEncoded(
+        self, request: v2.ResolveStringRequest, context: grpc.aio.ServicerContext
+    ) -> bytes:
+        return self.shared.resolve(request, Kind.STRING, v2.ResolveStringResponse)
 
     async def ResolveFloat(
         self, request: v2.ResolveFloatRequest, context: grpc.aio.ServicerContext
     ) -> v2.ResolveFloatResponse:
-        return cast(
-            v2.ResolveFloatResponse,
-            self.shared.resolve(request, Kind.FLOAT, v2.ResolveFloatResponse),
-        )
+        return v2.ResolveFloatResponse.FromString(await self.ResolveFloatEncoded(request, context))
+
+    @encoded
+    async def ResolveFloatEncoded(
+        self, request: v2.ResolveFloatRequest, context: grpc.aio.ServicerContext
+    ) -> bytes:
+        return self.shared.resolve(request, Kind.FLOAT, v2.ResolveFloatResponse)
 
     async def ResolveInt(
         self, request: v2.ResolveIntRequest, context: grpc.aio.ServicerContext
     ) -> v2.ResolveIntResponse:
-        return cast(
-            v2.ResolveIntResponse, self.shared.resolve(request, Kind.INTEGER, v2.ResolveIntResponse)
-        )
+        return v2.ResolveIntResponse.FromString(await self.ResolveIntEncoded(request, context))
+
+    @encoded
+    async def ResolveIntEncoded(
+        self, request: v2.ResolveIntRequest, context: grpc.aio.ServicerContext
+    ) -> bytes:
+        return self.shared.resolve(request, Kind.INTEGER, v2.ResolveIntResponse)
 
     async def ResolveObject(
         self, request: v2.ResolveObjectRequest, context: grpc.aio.ServicerContext
     ) -> v2.ResolveObjectResponse:
-        return cast(
-            v2.ResolveObjectResponse,
-            self.shared.resolve(request, Kind.OBJECT, v2.ResolveObjectResponse),
+        return v2.ResolveObjectResponse.FromString(
+            await self.ResolveObjectEncoded(request, context)
         )
+
+    @encoded
+    async def ResolveObjectEncoded(
+        self, request: v2.ResolveObjectRequest, context: grpc.aio.ServicerContext
+    ) -> bytes:
+        return self.shared.resolve(request, Kind.OBJECT, v2.ResolveObjectResponse)
 
     async def EventStream(
         self, request: v2.EventStreamRequest, context: grpc.aio.ServicerContext
@@ -226,41 +250,63 @@ class EvaluationV1(v1_grpc.ServiceServicer):
     async def ResolveBoolean(
         self, request: v1.ResolveBooleanRequest, context: grpc.aio.ServicerContext
     ) -> v1.ResolveBooleanResponse:
-        return cast(
-            v1.ResolveBooleanResponse,
-            self.shared.resolve(request, Kind.BOOLEAN, v1.ResolveBooleanResponse),
+        return v1.ResolveBooleanResponse.FromString(
+            await self.ResolveBooleanEncoded(request, context)
         )
+
+    @encoded
+    async def ResolveBooleanEncoded(
+        self, request: v1.ResolveBooleanRequest, context: grpc.aio.ServicerContext
+    ) -> bytes:
+        return self.shared.resolve(request, Kind.BOOLEAN, v1.ResolveBooleanResponse)
 
     async def ResolveString(
         self, request: v1.ResolveStringRequest, context: grpc.aio.ServicerContext
     ) -> v1.ResolveStringResponse:
-        return cast(
-            v1.ResolveStringResponse,
-            self.shared.resolve(request, Kind.STRING, v1.ResolveStringResponse),
+        return v1.ResolveStringResponse.FromString(
+            await self.ResolveStringEncoded(request, context)
         )
+
+    @encoded
+    async def ResolveStringEncoded(
+        self, request: v1.ResolveStringRequest, context: grpc.aio.ServicerContext
+    ) -> bytes:
+        return self.shared.resolve(request, Kind.STRING, v1.ResolveStringResponse)
 
     async def ResolveFloat(
         self, request: v1.ResolveFloatRequest, context: grpc.aio.ServicerContext
     ) -> v1.ResolveFloatResponse:
-        return cast(
-            v1.ResolveFloatResponse,
-            self.shared.resolve(request, Kind.FLOAT, v1.ResolveFloatResponse),
-        )
+        return v1.ResolveFloatResponse.FromString(await self.ResolveFloatEncoded(request, context))
+
+    @encoded
+    async def ResolveFloatEncoded(
+        self, request: v1.ResolveFloatRequest, context: grpc.aio.ServicerContext
+    ) -> bytes:
+        return self.shared.resolve(request, Kind.FLOAT, v1.ResolveFloatResponse)
 
     async def ResolveInt(
         self, request: v1.ResolveIntRequest, context: grpc.aio.ServicerContext
     ) -> v1.ResolveIntResponse:
-        return cast(
-            v1.ResolveIntResponse, self.shared.resolve(request, Kind.INTEGER, v1.ResolveIntResponse)
-        )
+        return v1.ResolveIntResponse.FromString(await self.ResolveIntEncoded(request, context))
+
+    @encoded
+    async def ResolveIntEncoded(
+        self, request: v1.ResolveIntRequest, context: grpc.aio.ServicerContext
+    ) -> bytes:
+        return self.shared.resolve(request, Kind.INTEGER, v1.ResolveIntResponse)
 
     async def ResolveObject(
         self, request: v1.ResolveObjectRequest, context: grpc.aio.ServicerContext
     ) -> v1.ResolveObjectResponse:
-        return cast(
-            v1.ResolveObjectResponse,
-            self.shared.resolve(request, Kind.OBJECT, v1.ResolveObjectResponse),
+        return v1.ResolveObjectResponse.FromString(
+            await self.ResolveObjectEncoded(request, context)
         )
+
+    @encoded
+    async def ResolveObjectEncoded(
+        self, request: v1.ResolveObjectRequest, context: grpc.aio.ServicerContext
+    ) -> bytes:
+        return self.shared.resolve(request, Kind.OBJECT, v1.ResolveObjectResponse)
 
     async def EventStream(
         self, request: v1.EventStreamRequest, context: grpc.aio.ServicerContext

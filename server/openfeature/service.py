@@ -20,6 +20,7 @@ from server.openfeature.changes import KeyChanges
 from server.openfeature.evaluation import KEEP_ALIVE_S, Evaluation, EvaluationV1, EvaluationV2
 from server.openfeature.streams import Streams
 from server.openfeature.sync import FlagSync
+from server.rpc.encoded import twin_of
 
 SERVICE_NAMES = [
     v1.DESCRIPTOR.services_by_name["Service"].full_name,
@@ -80,7 +81,9 @@ def _handlers(servicer: object, module: Any, service: str) -> grpc.GenericRpcHan
     for method in descriptor.methods:
         parse = _lenient(getattr(module, method.input_type.name).FromString)
         serialize = getattr(module, method.output_type.name).SerializeToString
+        # The @encoded twin when there is one (server/rpc/encoded.py): it returns the bytes.
         implementation = getattr(servicer, method.name)
+        implementation = twin_of(implementation) or implementation
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
                 _streaming(implementation),

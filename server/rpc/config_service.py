@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Protocol, cast
+from typing import Protocol
 
 import grpc
 from platform_admin.v1 import config_pb2, config_pb2_grpc
@@ -30,6 +30,7 @@ from server.rpc.convert import (
     value_from_proto,
     value_to_proto,
 )
+from server.rpc.encoded import encoded
 from server.security import principal as principal_ctx
 from storage import configs
 from storage.configs import HistoryRow
@@ -247,17 +248,21 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
     async def ResolveConfigs(
         self, request: config_pb2.ResolveConfigsRequest, context: grpc.aio.ServicerContext
     ) -> config_pb2.ResolveConfigsResponse:
+        """The answer as a message; over gRPC its encoded twin below serves the call."""
+        encoded_answer = await self.ResolveConfigsEncoded(request, context)
+        return config_pb2.ResolveConfigsResponse.FromString(encoded_answer)
+
+    @encoded
+    async def ResolveConfigsEncoded(
+        self, request: config_pb2.ResolveConfigsRequest, context: grpc.aio.ServicerContext
+    ) -> bytes:
         if len(request.keys) > MAX_RESOLVE_KEYS:
             raise InvalidArgument.field("keys", f"at most {MAX_RESOLVE_KEYS} keys per call")
         keys = sorted(set(request.keys)) if request.keys else sorted(config_keys.ALLOW_LIST)
         specs = [config_keys.spec_for(f"keys[{i}]", k) for i, k in enumerate(keys)]
         tenant, node = self._resolve_scope("tenant_id", request.tenant_id, request.node_id)
         if self.read_model is not None:
-            # Encoded bytes, passed through by the pipeline (see server/changes/read_model.py).
-            return cast(
-                config_pb2.ResolveConfigsResponse,
-                self.read_model.resolve_configs(specs, tenant, node),
-            )
+            return self.read_model.resolve_configs(specs, tenant, node)
         live = await configs.live_values_for(self.db, keys, tenant, node)
         response = config_pb2.ResolveConfigsResponse()
         for spec in specs:
@@ -267,7 +272,7 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
                 value=value_to_proto(value),
                 source_scope=source_scope_to_proto(scope),
             )
-        return response
+        return response.SerializeToString()
 
     async def ListConfigHistory(
         self, request: config_pb2.ListConfigHistoryRequest, context: grpc.aio.ServicerContext

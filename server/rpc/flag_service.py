@@ -8,7 +8,7 @@ stream can evolve without touching this module.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Protocol, cast
+from typing import Protocol
 
 import grpc
 from platform_admin.v1 import flag_pb2, flag_pb2_grpc
@@ -22,6 +22,7 @@ from domain.flags import Override
 from domain.ids import check_ulid
 from server.changes.read_model import ReadModel
 from server.rpc.convert import REASON_TO_PROTO, evaluation_to_proto, flag_to_proto
+from server.rpc.encoded import encoded
 from server.security import principal as principal_ctx
 from storage import flags
 from storage.db import Database
@@ -221,26 +222,31 @@ class FlagServicer(flag_pb2_grpc.FlagServiceServicer):
     async def EvaluateFlags(
         self, request: flag_pb2.EvaluateFlagsRequest, context: grpc.aio.ServicerContext
     ) -> flag_pb2.EvaluateFlagsResponse:
+        """The answer as a message; over gRPC its encoded twin below serves the call."""
+        encoded_answer = await self.EvaluateFlagsEncoded(request, context)
+        return flag_pb2.EvaluateFlagsResponse.FromString(encoded_answer)
+
+    @encoded
+    async def EvaluateFlagsEncoded(
+        self, request: flag_pb2.EvaluateFlagsRequest, context: grpc.aio.ServicerContext
+    ) -> bytes:
         if self.read_model is not None:
             # The same question answered before was valid then: only the caller is checked.
             known = self.read_model.known_answer(request.tenant_id, request.keys)
             if known is not None:
                 _evaluation_tenant(request.tenant_id)
-                return cast(flag_pb2.EvaluateFlagsResponse, known)
+                return known
         if len(request.keys) > rules.MAX_EVALUATE_KEYS:
             raise InvalidArgument.field("keys", f"at most {rules.MAX_EVALUATE_KEYS} keys per call")
         keys = [rules.check_key(f"keys[{i}]", k) for i, k in enumerate(request.keys)]
         tenant = _evaluation_tenant(request.tenant_id)
         if self.read_model is not None:
-            # Encoded bytes, passed through by the pipeline (see server/changes/read_model.py).
-            return cast(
-                flag_pb2.EvaluateFlagsResponse, self.read_model.evaluate_flags(tenant, keys)
-            )
+            return self.read_model.evaluate_flags(tenant, keys)
         response = flag_pb2.EvaluateFlagsResponse()
         if not keys:
             for live in await flags.live(self.db):
                 response.evaluations[live.key].CopyFrom(evaluation_to_proto(live.evaluate(tenant)))
-            return response
+            return response.SerializeToString()
         found = await flags.get_many(self.db, keys)
         for key in dict.fromkeys(keys):  # request order, each key once
             row = found.get(key)
@@ -248,7 +254,7 @@ class FlagServicer(flag_pb2_grpc.FlagServiceServicer):
                 response.missing_keys.append(key)
             else:
                 response.evaluations[key].CopyFrom(evaluation_to_proto(row.evaluate(tenant)))
-        return response
+        return response.SerializeToString()
 
     async def WatchFlags(
         self, request: flag_pb2.WatchFlagsRequest, context: grpc.aio.ServicerContext
