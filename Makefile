@@ -75,6 +75,7 @@ check-generated: $(STAMP) ## Fail if generated/ is not what protos/ produce
 bench: $(STAMP) ## Hot-path benchmark table (not part of make test; installs h2load if missing)
 	command -v h2load >/dev/null || (apt-get update && apt-get install -y nghttp2-client)
 	$(BIN)/python -m bench.hot_path
+	$(BIN)/python -m bench.openfeature
 
 bench-watch: $(STAMP) ## WatchFlags commit-to-delivery latency, 1,000 subscribers
 	$(BIN)/python -m bench.watch

@@ -126,6 +126,9 @@ class ReadModel:
         self.state = rm.ReadState()
         self.seq = -1  # every change up to this seq is reflected
         self._advanced = asyncio.Event()  # set (and replaced) each time seq moves
+        # Bumped by every state applied (feed event, local write, reload): answers derived
+        # from the whole state (OFREP's bulk evaluation) are cached under it.
+        self.generation = 0
         self.loaded = asyncio.Event()
         self.load_seconds: float | None = None
         self._loaded_at: float | None = None
@@ -163,6 +166,7 @@ class ReadModel:
                 state.apply_config(item)
         self.state = state
         self.seq = loaded.head_seq
+        self.generation += 1
         self._seq_moved()
         self._flag_answers.drop(rm.EVERYONE)
         self._config_answers.drop(rm.EVERYONE)
@@ -265,6 +269,7 @@ class ReadModel:
 
     def apply(self, change: events.Change) -> None:
         """Takes a flag's or config's new state (an event of the feed, or a local write)."""
+        self.generation += 1
         if isinstance(change, FlagChanged):
             self._apply_flag(rm.FlagState.from_event(change))
         elif isinstance(change, ConfigChanged):

@@ -49,6 +49,9 @@ PARSE_ERROR = "PARSE_ERROR"
 GENERAL = "GENERAL"
 DISABLED_VARIANT = "disabled"
 RETRY_AFTER_S = "1"
+# Bulk answers kept (one per tenant and node asked about; about 100 kB each for 1,000
+# flags, so a full cache is some tens of MB); a full cache starts over.
+BULK_CACHE_LIMIT = 256
 _JSON = "application/json"
 
 
@@ -157,19 +160,34 @@ def register(application: web.Application, app: App) -> None:
             return error_answer(error, key)
         return _json(answer_body(answer))
 
+    read_model = app.read_model
+    # (tenant, node) -> (read model generation, body, etag): a repeated bulk question is
+    # answered without evaluating a thousand flags again until something changes.
+    bulk_cache: dict[tuple[str | None, str | None], tuple[int, bytes, str]] = {}
+
     async def evaluate_bulk(request: web.Request) -> web.StreamResponse:
-        async def evaluate(request: web.Request, _context_: Any) -> bytes:
+        async def evaluate(request: web.Request, _context_: Any) -> tuple[bytes, str]:
             target = target_of(await _context(request))
+            cache_key = (target.tenant_id, target.node_id)
+            generation = read_model.generation
+            cached = bulk_cache.get(cache_key)
+            if cached is not None and cached[0] == generation:
+                return cached[1], cached[2]
             flags = [answer_body(a) for a in answers.evaluate_all(target)]
-            return json.dumps({"flags": flags}, separators=(",", ":"), ensure_ascii=False).encode()
+            body = json.dumps({"flags": flags}, separators=(",", ":"), ensure_ascii=False)
+            encoded = body.encode()
+            etag = etag_of(encoded)
+            if len(bulk_cache) >= BULK_CACHE_LIMIT:
+                bulk_cache.clear()
+            bulk_cache[cache_key] = (generation, encoded, etag)
+            return encoded, etag
 
         try:
-            encoded: bytes = await pipeline.call_unary(
+            encoded, etag = await pipeline.call_unary(
                 EVALUATE_BULK, evaluate, request, metadata_of(request)
             )
         except DomainError as error:
             return error_answer(error)
-        etag = etag_of(encoded)
         if _matches(request.headers.get("If-None-Match"), etag):
             return web.Response(status=304, headers={"ETag": etag})
         return web.Response(body=encoded, content_type=_JSON, headers={"ETag": etag})
