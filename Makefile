@@ -72,6 +72,9 @@ check-generated: $(STAMP) ## Fail if generated/ is not what protos/ produce
 		echo "generated/ is stale: run 'make generate' and commit"; exit 1; fi; \
 	rm -rf "$$tmp"
 
+node-deps: ## Node packages for tests/test_openfeature_node.py (skipped without them)
+	cd tests/node && npm ci --no-audit --no-fund
+
 bench: $(STAMP) ## Hot-path benchmark table (not part of make test; installs h2load if missing)
 	command -v h2load >/dev/null || (apt-get update && apt-get install -y nghttp2-client)
 	$(BIN)/python -m bench.hot_path
