@@ -7,7 +7,7 @@ function to that list; nothing here changes.
 
 Every answer, streamed ones included, gets the security headers below (a strict CSP with no
 inline script, nosniff, no framing, no referrer, no caching unless a route says otherwise).
-Domain errors raised by a handler become the JSON of server/http/errors.py; anything
+Domain errors raised by a handler become the JSON of server/http/json_errors.py; anything
 unexpected becomes a generic 500 and a log line. With authentication off (dev mode, loopback
 only) a request must name a loopback host, so a web page on another origin cannot reach the
 listener through DNS rebinding.
@@ -26,7 +26,7 @@ from aiohttp import web
 
 from domain.errors import DomainError
 from server.http.auth import AUTHORIZER
-from server.http.errors import error_response, plain_http_error
+from server.http.json_errors import error_response, plain_http_error
 from server.rpc.pipeline import AllowAll, Authorizer
 from server.rpc.pipeline import domain_error as to_domain_error
 
