@@ -161,6 +161,21 @@ def test_toggle_a_flag_for_a_tenant_and_evaluate_agrees(page: Any, console: Cons
     assert _evaluate(console, "checkout.redesign", TENANT_B) == {
         "reason": "EVALUATION_REASON_TENANT_DISABLED"
     }
+    # Archive, then restore: archived flags evaluate off and take no toggles until restored.
+    page.click("#archive")
+    expect(page.locator("#flag h1")).to_contain_text("archived")
+    assert page.locator("#toggle-default, #add-tenant").count() == 0
+    assert _evaluate(console, "checkout.redesign", TENANT_A) == {
+        "reason": "EVALUATION_REASON_ARCHIVED"
+    }
+    page.goto(f"{console.base}/#/flags")
+    expect(page.locator('tr[data-flag="checkout.redesign"]')).to_be_hidden()
+    page.check("#show-archived")
+    expect(page.locator('tr[data-flag="checkout.redesign"]')).to_contain_text("archived")
+    page.click('tr[data-flag="checkout.redesign"] a')
+    page.click("#archive")  # "Restore"
+    expect(page.locator("#toggle-default")).to_be_visible()
+    assert _evaluate(console, "checkout.redesign", TENANT_A)["enabled"] is True
     # The list counts follow, and it is the page shown in the README.
     page.goto(f"{console.base}/#/flags")
     row = page.locator('tr[data-flag="checkout.redesign"]')
@@ -232,6 +247,35 @@ def test_out_of_bounds_config_shows_the_field_error_and_history_row(
     expect(newest.locator("td.actor")).to_have_text(ADMIN.sub)
     expect(history.nth(1).locator("td.old")).to_have_text("—")
     expect(history.nth(1).locator("td.new")).to_have_text("16")
+    # History is paginated: 21 more writes (sent as the page sends them), 20 per page.
+    page.evaluate(
+        """async (tenant) => {
+            const token = sessionStorage.getItem('platform-admin.token');
+            const headers = {'Content-Type': 'application/json', Authorization: 'Bearer ' + token};
+            for (let i = 0; i < 21; i++) {
+              const body = JSON.stringify({key: 'global.session_idle_minutes',
+                scope: 'CONFIG_SCOPE_TENANT', tenantId: tenant,
+                value: {intValue: String(100 + i)}});
+              const r = await fetch('/api/v1/ConfigService/SetConfig',
+                                    {method: 'POST', headers, body});
+              if (!r.ok) throw new Error(await r.text());
+            }
+        }""",
+        TENANT_A,
+    )
+    page.click("#filter-form button[type=submit]")
+    idle = page.locator(
+        f'#config-rows tr[data-key="global.session_idle_minutes"][data-tenant="{TENANT_A}"]'
+    )
+    expect(idle.locator("td.value")).to_have_text("120")
+    idle.locator("button.history").click()
+    expect(history).to_have_count(20)
+    expect(history.nth(0).locator("td.new")).to_have_text("120")
+    page.click("#history-older")
+    expect(history).to_have_count(1)
+    expect(history.nth(0).locator("td.new")).to_have_text("100")
+    row.locator("button.history").click()
+    expect(history).to_have_count(2)
     # The effective value for the tenant names the scope it came from.
     page.select_option("#resolve-key", key)
     page.fill("#resolve-tenant", TENANT_A)
