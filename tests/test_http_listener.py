@@ -119,8 +119,13 @@ async def test_dev_mode_refuses_foreign_host_names(db_url: str) -> None:
             url = f"http://127.0.0.1:{app.http_port}/test/whoami"
             async with http.get(url) as response:
                 assert response.status == 200  # auth off: the anonymous admin
-            async with http.get(url, headers={"Host": "evil.example"}) as response:
-                assert response.status == 403
+            for host in ("localhost:8016", "127.0.0.1", "[::1]:8016"):
+                async with http.get(url, headers={"Host": host}) as response:
+                    assert response.status == 200, host
+            # A DNS-rebound name reaches the loopback port but is refused.
+            for host in ("evil.example", "evil.example:8016", "127.0.0.1.evil.example"):
+                async with http.get(url, headers={"Host": host}) as response:
+                    assert response.status == 403, host
     finally:
         await app.stop(grace=0)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -61,7 +62,6 @@ SECURITY_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
     "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
 }
-_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]", "::1")
 
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -71,10 +71,14 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 
 
 def _is_loopback_host(host: str) -> bool:
-    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-    if host.startswith("[") and "]" in host:
-        name = host[: host.index("]") + 1]
-    return name.lower() in _LOOPBACK_HOSTS or name.startswith("127.")
+    """Whether a Host header ("name", "name:port", "[v6]:port") names this machine."""
+    name = host[1 : host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False  # any other name, "127.0.0.1.example" included
 
 
 @web.middleware
