@@ -99,9 +99,13 @@ def test_source_turns_unhealthy_and_recovers_live(
     row = page.locator('tr[data-source="checkout-web"]')
     expect(row.locator("td.details")).to_contain_text("HTTP status 503")
     expect(page.locator("#platform-status")).to_contain_text("UNHEALTHY")
+    down_since = page.locator("#platform-since").inner_text()
+    assert down_since.startswith("since 20")
     probe_target.status = 200
     expect(_status(page, "checkout-web")).to_have_text("HEALTHY")
     expect(page.locator("#platform-status .status")).to_have_text("HEALTHY")
+    # Healthy again since the recovery, not since before the outage.
+    assert page.locator("#platform-since").inner_text() > down_since
     # Both changes arrived over the event stream: the page was never reloaded.
     assert page.evaluate("window.notReloaded") is True
     # The chart shows the unhealthy stretch between healthy ones.

@@ -113,18 +113,19 @@ def register(application: web.Application, app: App) -> None:
             raise NotFound(f"no JSON API method {request.path}; see the README (Console)")
         if request.content_type != "application/json":
             raise web.HTTPUnsupportedMediaType(reason="send Content-Type: application/json")
-        try:
-            text = await request.text()
-        except UnicodeDecodeError:
-            raise InvalidArgument.field("body", "is not UTF-8 text") from None
+        raw = await request.read()
 
-        async def parse_and_call(body: str, context: Any) -> Any:
+        async def parse_and_call(body: bytes, context: Any) -> Any:
             # Parsed inside the pipeline: the caller is authorized first (no token, no body
             # parsing), and a malformed body is logged and counted like any refused call.
-            return await method.call(parse_request(method, body), context)
+            try:
+                text = body.decode()
+            except UnicodeDecodeError:
+                raise InvalidArgument.field("body", "is not UTF-8 text") from None
+            return await method.call(parse_request(method, text), context)
 
         response = await app.pipeline.call_unary(
-            method.full_name, parse_and_call, text, metadata_of(request)
+            method.full_name, parse_and_call, raw, metadata_of(request)
         )
         return web.json_response(to_json(response))
 

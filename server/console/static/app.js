@@ -242,7 +242,6 @@
 
   // ---- health -----------------------------------------------------------------------
 
-  const SEVERITY = { HEALTHY: 0, UNSPECIFIED: 1, DEGRADED: 2, UNHEALTHY: 3 };
 
   function statusBadge(value) {
     const name = shortEnum(value, "HEALTH_STATUS_") || "UNSPECIFIED";
@@ -298,10 +297,16 @@
     };
     const chartsDone = Promise.all([1, 2, 3, 4].map(worker)).then(() => { document.body.dataset.charts = String(Date.now()); });
     chartsDone.catch(() => {});
+    // Since when the platform has been at its worst status, from each source's current status
+    // and its start: UNHEALTHY holds since the first source still unhealthy turned so; a
+    // better status holds only since the last source changed (before that, it may have been
+    // worse).
     const worst = shortEnum(health.status, "HEALTH_STATUS_");
-    const sinceTimes = sources
-      .filter((s) => shortEnum(s.effectiveStatus, "HEALTH_STATUS_") === worst && s.statusTime)
-      .map((s) => new Date(s.statusTime).getTime());
+    const times = (list) => list.filter((s) => s.statusTime).map((s) => new Date(s.statusTime).getTime());
+    const atWorst = sources.filter((s) => shortEnum(s.effectiveStatus, "HEALTH_STATUS_") === worst);
+    const sinceTimes = worst === "UNHEALTHY"
+      ? [Math.min(...times(atWorst))].filter(Number.isFinite)
+      : [Math.max(...times(sources))].filter(Number.isFinite);
     const overall = el("div", { class: "overall", id: "platform-status" },
       el("h1", {}, "Platform health"), statusBadge(health.status),
       el("span", { class: "muted", id: "platform-since" },
