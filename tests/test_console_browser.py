@@ -6,7 +6,6 @@ server's state is checked with grpcurl, the way an operator would double-check i
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -386,14 +385,9 @@ def test_script_in_stored_text_shows_as_text(page: Any, console: Console) -> Non
     assert dialogs == []
 
 
-def _docs_written() -> list[str]:
-    return sorted(
-        p.name for p in Path(__file__).resolve().parent.parent.joinpath("docs").glob("*.png")
-    )
-
-
-def test_screenshots_are_in_docs() -> None:
-    """The README shows these three; the tests above refresh them on every run."""
-    assert {"console-health.png", "console-flags.png", "console-configs.png"} <= set(
-        _docs_written()
-    ), json.dumps(_docs_written())
+def test_the_readme_screenshots_are_committed() -> None:
+    """The README shows these three; ``CONSOLE_SCREENSHOTS_DIR=docs`` refreshes them."""
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    for name in ("console-health.png", "console-flags.png", "console-configs.png"):
+        assert (docs / name).stat().st_size > 10_000, name
+        assert f"docs/{name}" in (docs.parent / "README.md").read_text()

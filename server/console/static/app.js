@@ -344,13 +344,28 @@
     const flags = await listAll("FlagService/ListFlags", { showArchived: true }, "flags");
     const search = el("input", { type: "search", id: "flag-search", placeholder: "search key or description", size: 40 });
     const archived = el("input", { type: "checkbox", id: "show-archived" });
-    const rows = flags.map((f) => el("tr", { dataset: { flag: f.key }, hidden: f.archived },
-      el("td", {}, el("a", { href: "#/flags/" + encodeURIComponent(f.key) }, f.key)),
-      el("td", {}, f.defaultEnabled ? "on" : "off"),
-      el("td", { class: "num" }, String(f.enabledTenantIds.length)),
-      el("td", { class: "num" }, String(f.disabledTenantIds.length)),
-      el("td", {}, f.archived ? "archived" : ""),
-      el("td", { class: "muted" }, f.description)));
+    // Up to thousands of rows: built with plain DOM calls (still text only), not el().
+    const cell = (row, text, className) => {
+      const td = row.insertCell();
+      td.textContent = text;
+      if (className) td.className = className;
+      return td;
+    };
+    const rows = flags.map((f) => {
+      const row = document.createElement("tr");
+      row.dataset.flag = f.key;
+      row.hidden = f.archived;
+      const link = document.createElement("a");
+      link.href = "#/flags/" + encodeURIComponent(f.key);
+      link.textContent = f.key;
+      row.insertCell().append(link);
+      cell(row, f.defaultEnabled ? "on" : "off");
+      cell(row, String(f.enabledTenantIds.length), "num");
+      cell(row, String(f.disabledTenantIds.length), "num");
+      cell(row, f.archived ? "archived" : "");
+      cell(row, f.description, "muted");
+      return row;
+    });
     const texts = flags.map((f) => (f.key + " " + f.description).toLowerCase());
     const count = el("span", { class: "muted", id: "flag-count" });
     const filter = () => {
