@@ -250,6 +250,8 @@ def test_out_of_bounds_config_shows_the_field_error_and_history_row(
     expect(newest.locator("td.actor")).to_have_text(ADMIN.sub)
     expect(history.nth(1).locator("td.old")).to_have_text("—")
     expect(history.nth(1).locator("td.new")).to_have_text("16")
+    expect(page.locator("#config-history")).not_to_contain_text("null")
+    assert page.locator("#history-older").count() == 0  # one page only
     # History is paginated: 21 more writes (sent as the page sends them), 20 per page.
     page.evaluate(
         """async (tenant) => {
@@ -293,6 +295,7 @@ def test_reader_sees_no_edit_controls_and_its_write_is_refused(page: Any, consol
     expect(page.locator("#flag h1")).to_have_text("reader.flag")
     for control in ("#toggle-default", "#archive", "#add-tenant", "button.remove"):
         assert page.locator(control).count() == 0, control
+    expect(page.locator("#flag")).not_to_contain_text("null")
     page.goto(f"{console.base}/#/configs")
     expect(page.locator("#config-keys")).to_be_visible()
     expect(page.locator("#config-values table, #config-values p")).to_be_visible()

@@ -23,6 +23,12 @@
       else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
       else node.setAttribute(name, value === true ? "" : String(value));
     }
+    return append(node, ...children);
+  }
+
+  // Appends children the way el() does: strings as text, null / false skipped (the DOM's
+  // own append would write them out as the text "null").
+  function append(node, ...children) {
     for (const child of children.flat()) {
       if (child === null || child === undefined || child === false) continue;
       node.append(child instanceof Node ? child : document.createTextNode(String(child)));
@@ -443,7 +449,7 @@
       el("label", {}, "Tenant", tenantInput, el("span", { class: "field-error", dataset: { field: "tenant_id" } })),
       el("label", {}, "Override", choice),
       el("button", { type: "submit", class: "primary" }, "Add tenant"));
-    root.append(
+    append(root,
       el("p", {}, el("a", { href: "#/flags" }, "← all flags")),
       el("h1", {}, flag.key, flag.archived ? el("span", { class: "status status-UNSPECIFIED" }, " archived ") : null),
       el("div", { class: "description", id: "flag-description" }, flag.description || "(no description)"),
@@ -519,14 +525,14 @@
       const body = { key: c.key, scope: c.scope, tenantId: c.tenantId, nodeId: c.nodeId, pageSize: 20, pageToken };
       try {
         const page = await api("ConfigService/ListConfigHistory", body);
-        historyBox.replaceChildren(el("h2", {}, `History of ${c.key} at ${scopeName(c.scope)}`, c.tenantId ? ` tenant ${c.tenantId}` : "", c.nodeId ? ` node ${c.nodeId}` : ""),
+        historyBox.replaceChildren(el("div", {}, el("h2", {}, `History of ${c.key} at ${scopeName(c.scope)}`, c.tenantId ? ` tenant ${c.tenantId}` : "", c.nodeId ? ` node ${c.nodeId}` : ""),
           el("table", { id: "history-rows" },
             el("thead", {}, el("tr", {}, ["Time", "Action", "Old value", "New value", "Actor"].map((h) => el("th", {}, h)))),
             el("tbody", {}, (page.entries || []).map((h) => el("tr", {},
               el("td", {}, fmtTime(h.changeTime)), el("td", {}, shortEnum(h.action, "CONFIG_CHANGE_ACTION_")),
               el("td", { class: "old" }, valueText(h.oldValue)), el("td", { class: "new" }, valueText(h.newValue)),
               el("td", { class: "mono actor" }, h.changedBy || "—"))))),
-          page.nextPageToken ? el("button", { type: "button", id: "history-older", onclick: () => showHistory(c, page.nextPageToken) }, "Older entries") : null);
+          page.nextPageToken ? el("button", { type: "button", id: "history-older", onclick: () => showHistory(c, page.nextPageToken) }, "Older entries") : null));
       } catch (error) {
         historyBox.replaceChildren(el("p", { class: "error" }, error.message));
       }
