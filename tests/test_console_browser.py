@@ -129,7 +129,17 @@ def test_toggle_a_flag_for_a_tenant_and_evaluate_agrees(page: Any, console: Cons
     ):
         console.grpc("FlagService/CreateFlag", {"key": key, "description": description}, ADMIN)
     sign_in(page, console, ADMIN, "#/flags")
+    # The list follows the change stream too: a flag created elsewhere appears by itself.
+    page.wait_for_function("() => document.body.dataset.live === 'on'")
+    console.grpc("FlagService/CreateFlag", {"key": "live.added"}, ADMIN)
+    expect(page.locator('tr[data-flag="live.added"]')).to_be_visible()
     page.fill("#flag-search", "redesign")
+    expect(page.locator("#flag-count")).to_contain_text("1 of")
+    # A live re-draw keeps the operator's search.
+    console.grpc("FlagService/CreateFlag", {"key": "live.second"}, ADMIN)
+    expect(page.locator('tr[data-flag="live.second"]')).to_be_attached()
+    expect(page.locator('tr[data-flag="live.second"]')).to_be_hidden()
+    expect(page.locator("#flag-search")).to_have_value("redesign")
     expect(page.locator("#flag-count")).to_contain_text("1 of")
     page.click('tr[data-flag="checkout.redesign"] a')
     expect(page.locator("#flag h1")).to_have_text("checkout.redesign")

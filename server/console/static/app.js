@@ -348,8 +348,9 @@
 
   async function flagsPage() {
     const flags = await listAll("FlagService/ListFlags", { showArchived: true }, "flags");
-    const search = el("input", { type: "search", id: "flag-search", placeholder: "search key or description", size: 40 });
-    const archived = el("input", { type: "checkbox", id: "show-archived" });
+    // Kept across live re-draws, so a change elsewhere does not undo the operator's filter.
+    const search = el("input", { type: "search", id: "flag-search", placeholder: "search key or description", size: 40, value: state.flagSearch || "" });
+    const archived = el("input", { type: "checkbox", id: "show-archived", checked: Boolean(state.flagArchived) });
     // Up to thousands of rows: built with plain DOM calls (still text only), not el().
     const cell = (row, text, className) => {
       const td = row.insertCell();
@@ -375,6 +376,8 @@
     const texts = flags.map((f) => (f.key + " " + f.description).toLowerCase());
     const count = el("span", { class: "muted", id: "flag-count" });
     const filter = () => {
+      state.flagSearch = search.value;
+      state.flagArchived = archived.checked;
       const q = search.value.trim().toLowerCase();
       let shown = 0;
       rows.forEach((row, i) => {
