@@ -14,14 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg
-from psycopg.rows import class_row
 
 from domain.errors import AlreadyExists, FailedPrecondition, NotFound
 from domain.etags import check_etag
 from domain.events import FlagChanged
 from domain.flags import Evaluation, Override, apply_override, evaluate
 from storage import outbox
-from storage.db import Database
+from storage.db import Database, fetch_one
 
 
 @dataclass(frozen=True)
@@ -123,10 +122,7 @@ def _missing(key: str) -> NotFound:
 
 
 async def get(db: Database, key: str) -> FlagRow:
-    async with db.read() as conn:
-        cur = conn.cursor(row_factory=class_row(FlagRow))
-        await cur.execute(_GET, (key,))
-        row = await cur.fetchone()
+    row = await db.one(FlagRow, _GET, (key,))
     if row is None:
         raise _missing(key)
     return row
@@ -134,19 +130,13 @@ async def get(db: Database, key: str) -> FlagRow:
 
 async def get_many(db: Database, keys: Sequence[str]) -> dict[str, FlagRow]:
     """The flags among ``keys`` that exist, archived or not, by key (one query)."""
-    async with db.read() as conn:
-        cur = conn.cursor(row_factory=class_row(FlagRow))
-        await cur.execute(_GET_MANY, (list(keys),))
-        rows = await cur.fetchall()
+    rows = await db.all(FlagRow, _GET_MANY, (list(keys),))
     return {row.key: row for row in rows}
 
 
 async def live(db: Database) -> list[FlagRow]:
     """Every unarchived flag, ordered by key."""
-    async with db.read() as conn:
-        cur = conn.cursor(row_factory=class_row(FlagRow))
-        await cur.execute(_LIVE)
-        return await cur.fetchall()
+    return await db.all(FlagRow, _LIVE)
 
 
 async def list_rows(
@@ -154,16 +144,11 @@ async def list_rows(
 ) -> list[FlagRow]:
     """Flags ordered by key; ``after_key`` is the keyset position of the previous page."""
     params = {"show_archived": show_archived, "after_key": after_key, "limit": limit}
-    async with db.read() as conn:
-        cur = conn.cursor(row_factory=class_row(FlagRow))
-        await cur.execute(_LIST, params)
-        return await cur.fetchall()
+    return await db.all(FlagRow, _LIST, params)
 
 
 async def _lock(conn: psycopg.AsyncConnection, key: str) -> FlagRow:
-    cur = conn.cursor(row_factory=class_row(FlagRow))
-    await cur.execute(_LOCK, (key,))
-    row = await cur.fetchone()
+    row = await fetch_one(conn, FlagRow, _LOCK, (key,))
     if row is None:
         raise _missing(key)
     return row
@@ -201,9 +186,7 @@ async def _write(
         and new["archived"] == current.is_archived
     ):
         return current.event()
-    cur = conn.cursor(row_factory=class_row(FlagRow))
-    await cur.execute(_UPDATE, new)
-    updated = await cur.fetchone()
+    updated = await fetch_one(conn, FlagRow, _UPDATE, new)
     assert updated is not None  # the row is locked by this transaction
     event = updated.event()
     await outbox.append(conn, event, actor=actor)
@@ -216,9 +199,7 @@ async def create(
     """Inserts a flag (version 1, empty lists) and its outbox row, atomically."""
 
     async def work(conn: psycopg.AsyncConnection) -> FlagChanged:
-        cur = conn.cursor(row_factory=class_row(FlagRow))
-        await cur.execute(_INSERT, (key, description, default_enabled))
-        created = await cur.fetchone()
+        created = await fetch_one(conn, FlagRow, _INSERT, (key, description, default_enabled))
         if created is None:
             raise AlreadyExists(f"flag {key} already exists (archived flags keep their key)")
         event = created.event()
