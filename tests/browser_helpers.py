@@ -9,6 +9,7 @@ Content-Security-Policy violation or a script exception shows up.
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-DOCS = ROOT / "docs"
+SCRATCH = Path(tempfile.gettempdir()) / "platform-admin-console-screenshots"
 # Generous for a loaded 2-core machine; a live update normally lands within a second or two.
 WAIT_MS = 20_000
 playwright_api.expect.set_options(timeout=WAIT_MS)
@@ -126,8 +127,14 @@ def rendered(page: Any) -> None:
 
 
 def screenshot(page: Any, name: str) -> None:
-    DOCS.mkdir(exist_ok=True)
-    page.screenshot(path=str(DOCS / name), full_page=True)
+    """Taken on every run; written to docs/ (the README's images) only when asked, with
+    ``CONSOLE_SCREENSHOTS_DIR=docs make test-browser``, so a test run leaves the tree clean."""
+    target = Path(os.environ.get("CONSOLE_SCREENSHOTS_DIR") or SCRATCH)
+    if not target.is_absolute():
+        target = ROOT / target
+    target.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(target / name), full_page=True)
+    assert (target / name).stat().st_size > 10_000, "a screenshot of an empty page"
 
 
 class ProbeTarget:

@@ -259,3 +259,38 @@ async def test_console_pages_are_served_with_strict_headers(api: Api) -> None:
         html = await response.text()
         # No inline script and nothing from another origin.
         assert "<script>" not in html and "http://" not in html and "https://" not in html
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[]",
+        b'"text"',
+        b"null",
+        b'{"a":' * 5000 + b"1" + b"}" * 5000,
+        b'{"key": "\xff\xfe"}',
+        b'{"pageSize": 1e20}',
+        b'{"pageSize": NaN}',
+        b'{"pageSize": true}',
+        b'{"scope": "CONFIG_SCOPE_NOPE"}',
+        b'{"key": "' + b"k" * 100_000 + b'"}',
+    ],
+    ids=["array", "string", "null", "deep", "not-utf8", "overflow", "nan", "bool", "enum", "long"],
+)
+async def test_hostile_bodies_are_clear_400s_and_the_server_keeps_serving(
+    api: Api, body: bytes
+) -> None:
+    for method in (
+        "FlagService/GetFlag",
+        "ConfigService/SetConfig",
+        "HealthService/ListCheckResults",
+    ):
+        status, answer = await api.call(method, data=body)
+        assert status == 400, (method, answer)
+        assert answer["error"]["code"] == "INVALID_ARGUMENT"
+        assert "Traceback" not in answer["error"]["message"]
+    # Without a token the body is never looked at.
+    status, answer = await api.call("FlagService/GetFlag", data=body, caller=None)
+    assert status == 401
+    status, _ = await api.call("FlagService/ListFlags")
+    assert status == 200

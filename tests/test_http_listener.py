@@ -119,8 +119,13 @@ async def test_dev_mode_refuses_foreign_host_names(db_url: str) -> None:
             url = f"http://127.0.0.1:{app.http_port}/test/whoami"
             async with http.get(url) as response:
                 assert response.status == 200  # auth off: the anonymous admin
-            async with http.get(url, headers={"Host": "evil.example"}) as response:
-                assert response.status == 403
+            for host in ("localhost:8016", "127.0.0.1", "[::1]:8016"):
+                async with http.get(url, headers={"Host": host}) as response:
+                    assert response.status == 200, host
+            # A DNS-rebound name reaches the loopback port but is refused.
+            for host in ("evil.example", "evil.example:8016", "127.0.0.1.evil.example"):
+                async with http.get(url, headers={"Host": host}) as response:
+                    assert response.status == 403, host
     finally:
         await app.stop(grace=0)
 
@@ -128,3 +133,19 @@ async def test_dev_mode_refuses_foreign_host_names(db_url: str) -> None:
 async def test_no_listener_when_off(db_url: str) -> None:
     async with running_app(db_url, TEST_SETTINGS) as app:
         assert app.settings.http_listen is None and app.http_port == 0
+
+
+async def test_a_taken_http_port_stops_the_start(db_url: str) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = replace(TEST_SETTINGS, http_listen=f"127.0.0.1:{port}", probe_enabled=False)
+        app = App(settings, db_url)
+        with pytest.raises(OSError):
+            await app.start()
+        # Nothing half-started: the gRPC server never began answering.
+        assert app.server is None
+        await app.stop(grace=0)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from server.console.events import ChangeFeed
+from server.console.live import LiveHints
 
 if TYPE_CHECKING:
     from server.app import App
@@ -21,13 +21,12 @@ STATIC = Path(__file__).resolve().parent / "static"
 
 
 def register(application: web.Application, app: App) -> None:
-    feed = ChangeFeed()
-    feed.attach(app)
-    app.http.on_stop.append(feed.close)
+    hints = LiveHints(app)
+    app.http.on_stop.append(hints.close)
 
     async def index(request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "index.html")
 
     application.router.add_get("/", index)
     application.router.add_static("/static/", STATIC, show_index=False, follow_symlinks=False)
-    application.router.add_get("/api/v1/events", feed.stream)
+    application.router.add_get("/api/v1/events", hints.stream)

@@ -8,7 +8,7 @@ call runs the very servicer instance the gRPC port uses, through the gRPC pipeli
 and access log), so a permission the RPC denies is denied here too, with the same message.
 
 Only :data:`EXPOSED` methods are served (the console's needs; nothing a page does not call);
-any other is 404. Errors are server/http/errors.py's JSON with the gRPC status's HTTP code:
+any other is 404. Errors are server/http/json_errors.py's JSON with the gRPC status's HTTP code:
 INVALID_ARGUMENT 400 with ``fieldViolations``, UNAUTHENTICATED 401, PERMISSION_DENIED 403,
 NOT_FOUND 404, ABORTED / ALREADY_EXISTS 409, UNAVAILABLE 503, ...
 
@@ -73,7 +73,6 @@ class _Method:
         method = descriptor.methods_by_name[name]
         self.full_name = f"/{descriptor.full_name}/{name}"
         self.request_class: type[Message] = message_factory.GetMessageClass(method.input_type)
-        self.response_class: type[Message] = message_factory.GetMessageClass(method.output_type)
         servicer = app.servicers[descriptor.full_name]
         self.call: Callable[[Any, Any], Awaitable[Any]] = getattr(servicer, name)
 
@@ -114,21 +113,20 @@ def register(application: web.Application, app: App) -> None:
             raise NotFound(f"no JSON API method {request.path}; see the README (Console)")
         if request.content_type != "application/json":
             raise web.HTTPUnsupportedMediaType(reason="send Content-Type: application/json")
-        try:
-            text = await request.text()
-        except UnicodeDecodeError:
-            raise InvalidArgument.field("body", "is not UTF-8 text") from None
+        raw = await request.read()
 
-        async def parse_and_call(body: str, context: Any) -> Any:
+        async def parse_and_call(body: bytes, context: Any) -> Any:
             # Parsed inside the pipeline: the caller is authorized first (no token, no body
             # parsing), and a malformed body is logged and counted like any refused call.
-            return await method.call(parse_request(method, body), context)
+            try:
+                text = body.decode()
+            except UnicodeDecodeError:
+                raise InvalidArgument.field("body", "is not UTF-8 text") from None
+            return await method.call(parse_request(method, text), context)
 
         response = await app.pipeline.call_unary(
-            method.full_name, parse_and_call, text, metadata_of(request)
+            method.full_name, parse_and_call, raw, metadata_of(request)
         )
-        if isinstance(response, bytes):  # an answer the read model keeps encoded
-            response = method.response_class.FromString(response)
         return web.json_response(to_json(response))
 
     async def session(request: web.Request) -> web.Response:

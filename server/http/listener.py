@@ -7,7 +7,7 @@ function to that list; nothing here changes.
 
 Every answer, streamed ones included, gets the security headers below (a strict CSP with no
 inline script, nosniff, no framing, no referrer, no caching unless a route says otherwise).
-Domain errors raised by a handler become the JSON of server/http/errors.py; anything
+Domain errors raised by a handler become the JSON of server/http/json_errors.py; anything
 unexpected becomes a generic 500 and a log line. With authentication off (dev mode, loopback
 only) a request must name a loopback host, so a web page on another origin cannot reach the
 listener through DNS rebinding.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -26,7 +27,7 @@ from aiohttp import web
 
 from domain.errors import DomainError
 from server.http.auth import AUTHORIZER
-from server.http.errors import error_response, plain_http_error
+from server.http.json_errors import error_response, plain_http_error
 from server.rpc.pipeline import AllowAll, Authorizer
 from server.rpc.pipeline import domain_error as to_domain_error
 
@@ -61,7 +62,6 @@ SECURITY_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
     "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
 }
-_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]", "::1")
 
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -71,10 +71,14 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 
 
 def _is_loopback_host(host: str) -> bool:
-    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-    if host.startswith("[") and "]" in host:
-        name = host[: host.index("]") + 1]
-    return name.lower() in _LOOPBACK_HOSTS or name.startswith("127.")
+    """Whether a Host header ("name", "name:port", "[v6]:port") names this machine."""
+    name = host[1 : host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False  # any other name, "127.0.0.1.example" included
 
 
 @web.middleware

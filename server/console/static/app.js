@@ -23,6 +23,12 @@
       else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
       else node.setAttribute(name, value === true ? "" : String(value));
     }
+    return append(node, ...children);
+  }
+
+  // Appends children the way el() does: strings as text, null / false skipped (the DOM's
+  // own append would write them out as the text "null").
+  function append(node, ...children) {
     for (const child of children.flat()) {
       if (child === null || child === undefined || child === false) continue;
       node.append(child instanceof Node ? child : document.createTextNode(String(child)));
@@ -242,7 +248,6 @@
 
   // ---- health -----------------------------------------------------------------------
 
-  const SEVERITY = { HEALTHY: 0, UNSPECIFIED: 1, DEGRADED: 2, UNHEALTHY: 3 };
 
   function statusBadge(value) {
     const name = shortEnum(value, "HEALTH_STATUS_") || "UNSPECIFIED";
@@ -298,10 +303,16 @@
     };
     const chartsDone = Promise.all([1, 2, 3, 4].map(worker)).then(() => { document.body.dataset.charts = String(Date.now()); });
     chartsDone.catch(() => {});
+    // Since when the platform has been at its worst status, from each source's current status
+    // and its start: UNHEALTHY holds since the first source still unhealthy turned so; a
+    // better status holds only since the last source changed (before that, it may have been
+    // worse).
     const worst = shortEnum(health.status, "HEALTH_STATUS_");
-    const sinceTimes = sources
-      .filter((s) => shortEnum(s.effectiveStatus, "HEALTH_STATUS_") === worst && s.statusTime)
-      .map((s) => new Date(s.statusTime).getTime());
+    const times = (list) => list.filter((s) => s.statusTime).map((s) => new Date(s.statusTime).getTime());
+    const atWorst = sources.filter((s) => shortEnum(s.effectiveStatus, "HEALTH_STATUS_") === worst);
+    const sinceTimes = worst === "UNHEALTHY"
+      ? [Math.min(...times(atWorst))].filter(Number.isFinite)
+      : [Math.max(...times(sources))].filter(Number.isFinite);
     const overall = el("div", { class: "overall", id: "platform-status" },
       el("h1", {}, "Platform health"), statusBadge(health.status),
       el("span", { class: "muted", id: "platform-since" },
@@ -337,18 +348,36 @@
 
   async function flagsPage() {
     const flags = await listAll("FlagService/ListFlags", { showArchived: true }, "flags");
-    const search = el("input", { type: "search", id: "flag-search", placeholder: "search key or description", size: 40 });
-    const archived = el("input", { type: "checkbox", id: "show-archived" });
-    const rows = flags.map((f) => el("tr", { dataset: { flag: f.key }, hidden: f.archived },
-      el("td", {}, el("a", { href: "#/flags/" + encodeURIComponent(f.key) }, f.key)),
-      el("td", {}, f.defaultEnabled ? "on" : "off"),
-      el("td", { class: "num" }, String(f.enabledTenantIds.length)),
-      el("td", { class: "num" }, String(f.disabledTenantIds.length)),
-      el("td", {}, f.archived ? "archived" : ""),
-      el("td", { class: "muted" }, f.description)));
+    // Kept across live re-draws, so a change elsewhere does not undo the operator's filter.
+    const search = el("input", { type: "search", id: "flag-search", placeholder: "search key or description", size: 40, value: state.flagSearch || "" });
+    const archived = el("input", { type: "checkbox", id: "show-archived", checked: Boolean(state.flagArchived) });
+    // Up to thousands of rows: built with plain DOM calls (still text only), not el().
+    const cell = (row, text, className) => {
+      const td = row.insertCell();
+      td.textContent = text;
+      if (className) td.className = className;
+      return td;
+    };
+    const rows = flags.map((f) => {
+      const row = document.createElement("tr");
+      row.dataset.flag = f.key;
+      row.hidden = f.archived;
+      const link = document.createElement("a");
+      link.href = "#/flags/" + encodeURIComponent(f.key);
+      link.textContent = f.key;
+      row.insertCell().append(link);
+      cell(row, f.defaultEnabled ? "on" : "off");
+      cell(row, String(f.enabledTenantIds.length), "num");
+      cell(row, String(f.disabledTenantIds.length), "num");
+      cell(row, f.archived ? "archived" : "");
+      cell(row, f.description, "muted");
+      return row;
+    });
     const texts = flags.map((f) => (f.key + " " + f.description).toLowerCase());
     const count = el("span", { class: "muted", id: "flag-count" });
     const filter = () => {
+      state.flagSearch = search.value;
+      state.flagArchived = archived.checked;
       const q = search.value.trim().toLowerCase();
       let shown = 0;
       rows.forEach((row, i) => {
@@ -423,7 +452,7 @@
       el("label", {}, "Tenant", tenantInput, el("span", { class: "field-error", dataset: { field: "tenant_id" } })),
       el("label", {}, "Override", choice),
       el("button", { type: "submit", class: "primary" }, "Add tenant"));
-    root.append(
+    append(root,
       el("p", {}, el("a", { href: "#/flags" }, "← all flags")),
       el("h1", {}, flag.key, flag.archived ? el("span", { class: "status status-UNSPECIFIED" }, " archived ") : null),
       el("div", { class: "description", id: "flag-description" }, flag.description || "(no description)"),
@@ -499,14 +528,14 @@
       const body = { key: c.key, scope: c.scope, tenantId: c.tenantId, nodeId: c.nodeId, pageSize: 20, pageToken };
       try {
         const page = await api("ConfigService/ListConfigHistory", body);
-        historyBox.replaceChildren(el("h2", {}, `History of ${c.key} at ${scopeName(c.scope)}`, c.tenantId ? ` tenant ${c.tenantId}` : "", c.nodeId ? ` node ${c.nodeId}` : ""),
+        historyBox.replaceChildren(el("div", {}, el("h2", {}, `History of ${c.key} at ${scopeName(c.scope)}`, c.tenantId ? ` tenant ${c.tenantId}` : "", c.nodeId ? ` node ${c.nodeId}` : ""),
           el("table", { id: "history-rows" },
             el("thead", {}, el("tr", {}, ["Time", "Action", "Old value", "New value", "Actor"].map((h) => el("th", {}, h)))),
             el("tbody", {}, (page.entries || []).map((h) => el("tr", {},
               el("td", {}, fmtTime(h.changeTime)), el("td", {}, shortEnum(h.action, "CONFIG_CHANGE_ACTION_")),
               el("td", { class: "old" }, valueText(h.oldValue)), el("td", { class: "new" }, valueText(h.newValue)),
               el("td", { class: "mono actor" }, h.changedBy || "—"))))),
-          page.nextPageToken ? el("button", { type: "button", id: "history-older", onclick: () => showHistory(c, page.nextPageToken) }, "Older entries") : null);
+          page.nextPageToken ? el("button", { type: "button", id: "history-older", onclick: () => showHistory(c, page.nextPageToken) }, "Older entries") : null));
       } catch (error) {
         historyBox.replaceChildren(el("p", { class: "error" }, error.message));
       }
