@@ -4,10 +4,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BROWSER_STAMP := $(VENV)/.installed-browser
+CHROMIUM ?= /usr/bin/chromium
 PROTO_FILES := $(shell find protos -name '*.proto' | sort)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run migrate test test-faults lint generate check-generated bench bench-watch bench-health bench-relay soak clean
+.PHONY: help install run migrate test test-faults test-browser lint generate check-generated bench bench-watch bench-health bench-relay soak clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -27,10 +29,18 @@ migrate: $(STAMP) ## Apply pending migrations and exit
 	$(BIN)/platform-admin migrate
 
 test: $(STAMP) check-generated lint ## Run the whole test suite (embedded PostgreSQL unless DATABASE_URL is set)
-	$(BIN)/python -m pytest -m "not faults" -q
+	$(BIN)/python -m pytest -m "not faults and not browser" -q
 
 test-faults: $(STAMP) ## Run the fault-injection suite (bounded in time)
 	$(BIN)/python -m pytest -m faults -q
+
+$(BROWSER_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[dev,browser]'
+	touch $(BROWSER_STAMP)
+
+test-browser: $(BROWSER_STAMP) ## Console tests in headless chromium (installs Debian's chromium if missing)
+	test -x $(CHROMIUM) || (apt-get update && apt-get install -y chromium)
+	CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -m browser -q
 
 lint: $(STAMP) ## buf lint + format, ruff, mypy
 	cd protos && ../$(BIN)/buf lint && ../$(BIN)/buf format -d --exit-code
@@ -39,13 +49,20 @@ lint: $(STAMP) ## buf lint + format, ruff, mypy
 	$(BIN)/mypy
 
 generate: $(STAMP) ## Regenerate generated/ from protos/
-	rm -rf generated/platform_admin
+	rm -rf generated/platform_admin generated/flagd/evaluation generated/flagd/sync
 	$(BIN)/python -m grpc_tools.protoc -I protos \
 		--python_out=generated --pyi_out=generated \
 		--grpc_python_out=generated --mypy_grpc_out=generated \
 		--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc \
 		$(PROTO_FILES)
 	touch generated/platform_admin/__init__.py generated/platform_admin/v1/__init__.py generated/platform_admin/py.typed
+	touch generated/flagd/evaluation/__init__.py generated/flagd/evaluation/v1/__init__.py \
+		generated/flagd/evaluation/v2/__init__.py generated/flagd/sync/__init__.py \
+		generated/flagd/sync/v1/__init__.py
+	# flagd's messages live in a descriptor pool of their own (generated/flagd/_pool.py), so
+	# a process may load these stubs and the flagd providers' own copies side by side.
+	sed -i 's/^from google.protobuf import descriptor_pool as _descriptor_pool$$/from flagd import _pool as _descriptor_pool/' \
+		$$(find generated/flagd -name '*_pb2.py' | sort)
 
 check-generated: $(STAMP) ## Fail if generated/ is not what protos/ produce
 	@tmp=$$(mktemp -d); cp -r generated "$$tmp/before"; \
@@ -55,9 +72,13 @@ check-generated: $(STAMP) ## Fail if generated/ is not what protos/ produce
 		echo "generated/ is stale: run 'make generate' and commit"; exit 1; fi; \
 	rm -rf "$$tmp"
 
+node-deps: ## Node packages for tests/test_openfeature_node.py (skipped without them)
+	cd tests/node && npm ci --no-audit --no-fund
+
 bench: $(STAMP) ## Hot-path benchmark table (not part of make test; installs h2load if missing)
 	command -v h2load >/dev/null || (apt-get update && apt-get install -y nghttp2-client)
 	$(BIN)/python -m bench.hot_path
+	$(BIN)/python -m bench.openfeature
 
 bench-watch: $(STAMP) ## WatchFlags commit-to-delivery latency, 1,000 subscribers
 	$(BIN)/python -m bench.watch

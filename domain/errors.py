@@ -92,6 +92,12 @@ class OutOfRange(DomainError):
     reason = "OUT_OF_RANGE"
 
 
+class DeadlineExceeded(DomainError):
+    """The call ran out of time (raised where no gRPC context can abort it, e.g. HTTP)."""
+
+    reason = "DEADLINE_EXCEEDED"
+
+
 class Collector:
     """Gathers every violation of a request so the caller sees them all at once."""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,12 @@ from server.bus.wakeup import ChangeSignal
 from server.changes.feed import ChangeFeed
 from server.changes.read_model import ReadModel
 from server.changes.tail import Sequencer, Tail
+from server.console import routes as console
+from server.http import api
+from server.http.listener import HttpListener, RouteRegistrar, build_application
+from server.openfeature import ofrep
+from server.openfeature.service import SERVICE_NAMES as OPENFEATURE_SERVICE_NAMES
+from server.openfeature.service import OpenFeature
 from server.ops import metrics
 from server.ops.metrics import MetricsServer, RpcMetrics
 from server.ops.prober import Prober, ProberConfig, prune_loop
@@ -38,11 +45,16 @@ from storage.db import Database, PoolSettings
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAMES = [
+# platform_admin.v1's own services (also the HTTP listener's JSON API, by name).
+PLATFORM_SERVICE_NAMES = [
     config_pb2.DESCRIPTOR.services_by_name["ConfigService"].full_name,
     flag_pb2.DESCRIPTOR.services_by_name["FlagService"].full_name,
     health_api_pb2.DESCRIPTOR.services_by_name["HealthService"].full_name,
 ]
+# Every service on the gRPC port. Reflection lists only platform_admin.v1's: it reads the
+# default descriptor pool, and flagd's messages live in a pool of their own
+# (generated/flagd/_pool.py); grpcurl reaches those with -proto protos/flagd/....
+SERVICE_NAMES = [*PLATFORM_SERVICE_NAMES, *OPENFEATURE_SERVICE_NAMES]
 # grpc.health.v1 service name that is SERVING while the in-memory read model is current.
 READ_MODEL_HEALTH = "platform_admin.v1.ReadModel"
 # grpc.health.v1 service name that is SERVING while this process is connected to NATS
@@ -80,6 +92,8 @@ class App:
     authorizer: Authorizer = field(default_factory=AllowAll)
     observers: list[CallObserver] = field(default_factory=list)
     credentials: grpc.ServerCredentials | None = None
+    # TLS for the HTTP listener (server/security/tls.py http_ssl_context), beside credentials.
+    http_ssl: ssl.SSLContext | None = None
     reuse_port: bool = False
     health_interval_s: float = 1.0
 
@@ -109,7 +123,31 @@ class App:
         self.metrics = MetricsServer(self.db)
         # Every flag and config in memory, fed by the tail: Evaluate*/Resolve* never query.
         self.read_model = ReadModel(self.db, self.changes)
+        # flagd evaluation / sync protocols over the same read model (server/openfeature/).
+        self.openfeature = OpenFeature(self.read_model, self.changes)
         self.health = health.aio.HealthServicer()
+        # One pipeline and one instance of each servicer, shared by the gRPC port and the
+        # HTTP listener's JSON API, so both answer (and refuse) alike.
+        self.pipeline = Pipeline(self.authorizer, self.settings.default_deadline_s, self.observers)
+        # Health probes and result retention (server/ops/prober.py); timings come from settings
+        # so tests can run them fast.
+        self.prober = Prober(self.db, ProberConfig.from_settings(self.settings))
+        self.config_servicer = ConfigServicer(self.db, watch=self.watch, read_model=self.read_model)
+        self.flag_servicer = FlagServicer(self.db, watch=self.watch, read_model=self.read_model)
+        self.health_servicer = HealthServicer(self.db, self.prober.config.allow_list)
+        # By full service name, for the HTTP listener's JSON API (server/http/api.py).
+        self.servicers: dict[str, object] = dict(
+            zip(
+                PLATFORM_SERVICE_NAMES,
+                (self.config_servicer, self.flag_servicer, self.health_servicer),
+                strict=True,
+            )
+        )
+        # The HTTP listener (settings.http_listen; server/http/). Each function here adds its
+        # routes before the port opens: append to this list to serve something new over HTTP.
+        self.http = HttpListener()
+        self.http_routes: list[RouteRegistrar] = [api.register, console.register, ofrep.register]
+        self.http_port = 0
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -120,9 +158,6 @@ class App:
             self.sequencer.run,
             self.read_model.run,
         ]
-        # Health probes and result retention (server/ops/prober.py); timings come from settings
-        # so tests can run them fast.
-        self.prober = Prober(self.db, ProberConfig.from_settings(self.settings))
         if self.settings.probe_enabled:
             self.background.append(self.prober.run)
         self.background.append(lambda: prune_loop(self.db, self.settings.health_prune_interval_s))
@@ -149,23 +184,15 @@ class App:
     async def start(self) -> int:
         await self.db.open(wait=False)
         server = grpc.aio.server(
-            interceptors=[
-                Pipeline(self.authorizer, self.settings.default_deadline_s, self.observers)
-            ],
-            options=server_options(self.reuse_port),
+            interceptors=[self.pipeline], options=server_options(self.reuse_port)
         )
-        config_pb2_grpc.add_ConfigServiceServicer_to_server(
-            ConfigServicer(self.db, watch=self.watch, read_model=self.read_model), server
-        )
-        flag_pb2_grpc.add_FlagServiceServicer_to_server(
-            FlagServicer(self.db, watch=self.watch, read_model=self.read_model), server
-        )
-        health_api_pb2_grpc.add_HealthServiceServicer_to_server(
-            HealthServicer(self.db, self.prober.config.allow_list), server
-        )
+        config_pb2_grpc.add_ConfigServiceServicer_to_server(self.config_servicer, server)
+        flag_pb2_grpc.add_FlagServiceServicer_to_server(self.flag_servicer, server)
+        health_api_pb2_grpc.add_HealthServiceServicer_to_server(self.health_servicer, server)
+        self.openfeature.register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+            [*PLATFORM_SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
         if self.credentials is None:
             self.port = server.add_insecure_port(self.settings.listen)
@@ -176,6 +203,14 @@ class App:
         # database is down now, the read model's background job keeps trying.
         await self.read_model.try_load(timeout=max(5.0, self.settings.statement_timeout_ms / 1000))
         await self._set_fresh()
+        if self.settings.http_listen is not None:
+            # Before the gRPC port answers: a taken HTTP port stops the start (OSError).
+            self.http_port = await self.http.start(
+                self.settings.http_listen,
+                build_application(self.authorizer, self, self.http_routes),
+                ssl_context=self.http_ssl,
+                reuse_port=self.reuse_port,
+            )
         await server.start()
         self.server = server
         for job in self.background:
@@ -247,6 +282,8 @@ class App:
             asyncio.ensure_future(self.server.stop(grace)) if self.server is not None else None
         )
         await self.watch.close(timeout=max(grace, 0.5))
+        await self.openfeature.close(timeout=max(grace, 0.5))
+        await self.http.stop()
         if stopping is not None:
             await stopping
         await cancel_all(self._tasks)

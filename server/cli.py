@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import ssl
 import sys
 from collections.abc import Awaitable, Callable
 
@@ -54,6 +55,7 @@ async def _serve(
     authorizer: Authorizer | None = None,
     credentials: grpc.ServerCredentials | None = None,
     reuse_port: bool = False,
+    http_ssl: ssl.SSLContext | None = None,
 ) -> None:
     from server.app import App
 
@@ -66,9 +68,15 @@ async def _serve(
         conninfo,
         authorizer=authorizer or AllowAll(),
         credentials=credentials,
+        http_ssl=http_ssl,
         reuse_port=reuse_port,
     )
-    port = await app.start()
+    try:
+        port = await app.start()
+    except OSError as exc:
+        log.error("cannot listen on %s: %s", settings.http_listen, exc)
+        await app.stop(grace=0)
+        raise SystemExit(2) from None
     if settings.metrics_listen is not None:
         try:
             await app.metrics.start(settings.metrics_listen)
@@ -97,6 +105,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     try:
         authorizer = auth.authorizer_for(settings)
         credentials = tls.server_credentials(settings)
+        http_ssl = tls.http_ssl_context(settings)
     except SettingsError as exc:
         print(f"platform-admin: {exc}", file=sys.stderr)
         return 2
@@ -117,7 +126,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             if applied:
                 log.info("applied migrations %s", applied)
         return workers.run(settings, conninfo, serve_worker)
-    asyncio.run(_serve(settings, conninfo, authorizer, credentials))
+    asyncio.run(_serve(settings, conninfo, authorizer, credentials, http_ssl=http_ssl))
     return 0
 
 
@@ -127,7 +136,10 @@ def serve_worker(settings: Settings, conninfo: str) -> int:
 
     authorizer = auth.authorizer_for(settings)
     credentials = tls.server_credentials(settings)
-    asyncio.run(_serve(settings, conninfo, authorizer, credentials, reuse_port=True))
+    http_ssl = tls.http_ssl_context(settings)
+    asyncio.run(
+        _serve(settings, conninfo, authorizer, credentials, reuse_port=True, http_ssl=http_ssl)
+    )
     return 0
 
 

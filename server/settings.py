@@ -267,6 +267,11 @@ class Settings:
     # Operations (server/ops/metrics.py, server/rpc/access_log.py). metrics_listen None: no
     # listener; with several workers, worker i listens on the port + i.
     metrics_listen: str | None = "127.0.0.1:9464"
+    # The HTTP listener (server/http/): console, JSON API, OFREP. None: no listener. The
+    # dataclass default is off so an App built in code binds nothing it was not asked to;
+    # from_env (``serve``) defaults to 127.0.0.1:8016. With several workers they share the
+    # one port (SO_REUSEPORT), like the gRPC port.
+    http_listen: str | None = None
     access_log: bool = True
     # PLATFORM_ADMIN_ACCESS_LOG=all: successful hot reads (Evaluate*/Resolve*) logged too.
     access_log_hot_reads: bool = False
@@ -364,6 +369,9 @@ class Settings:
             metrics_listen=None
             if env.get("PLATFORM_ADMIN_METRICS_LISTEN", "").strip().lower() == "off"
             else _listen(env, "PLATFORM_ADMIN_METRICS_LISTEN", "127.0.0.1:9464"),
+            http_listen=None
+            if env.get("PLATFORM_ADMIN_HTTP_LISTEN", "").strip().lower() == "off"
+            else _listen(env, "PLATFORM_ADMIN_HTTP_LISTEN", "127.0.0.1:8016"),
             access_log=_choice(env, "PLATFORM_ADMIN_ACCESS_LOG", "true", ("true", "false", "all"))
             != "false",
             access_log_hot_reads=_choice(

@@ -10,6 +10,9 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
+import flagd.evaluation.v1
+import flagd.evaluation.v2
+import flagd.sync.v1
 import grpc
 import jwt
 import platform_admin.v1
@@ -113,13 +116,15 @@ async def running_app(
 
 
 def all_services() -> list[ServiceDescriptor]:
-    """Every service of every generated platform_admin.v1 module, so new ones are included."""
+    """Every service of every generated module (platform_admin.v1 and the flagd protocols),
+    so new ones are included."""
     services: dict[str, ServiceDescriptor] = {}
-    for module in pkgutil.iter_modules(platform_admin.v1.__path__):
-        if module.name.endswith("_pb2"):
-            mod = importlib.import_module(f"platform_admin.v1.{module.name}")
-            for service in mod.DESCRIPTOR.services_by_name.values():
-                services[service.full_name] = service
+    for package in (platform_admin.v1, flagd.evaluation.v1, flagd.evaluation.v2, flagd.sync.v1):
+        for module in pkgutil.iter_modules(package.__path__):
+            if module.name.endswith("_pb2"):
+                mod = importlib.import_module(f"{package.__name__}.{module.name}")
+                for service in mod.DESCRIPTOR.services_by_name.values():
+                    services[service.full_name] = service
     return [services[name] for name in sorted(services)]
 
 

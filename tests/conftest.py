@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import io
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -17,7 +18,16 @@ from server.app import App
 from server.settings import Settings
 from tests.bus_helpers import NatsServer, bus_settings
 from tests.grpcurl_server import running_server  # noqa: F401  (shared fixture)
+from tests.openfeature_helpers import openfeature_server  # noqa: F401  (shared fixture)
 from tests.pg import DatabaseFactory
+
+# The console's browser tests need Playwright, which only `make test-browser` installs
+# (.[browser]); without it they are not collected (and `make test-browser` would then find
+# no tests and fail, so they cannot be skipped silently).
+if importlib.util.find_spec("playwright") is None:
+    collect_ignore_glob = ["test_console_browser*.py", "browser_helpers.py"]
+else:
+    from tests.browser_helpers import browser, module_db, page, probe_target  # noqa: F401
 
 TEST_SETTINGS = Settings(
     listen="127.0.0.1:0",

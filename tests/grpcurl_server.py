@@ -33,6 +33,8 @@ class RunningServer:
     process: subprocess.Popen[bytes]
     address: str
     log_path: Path
+    # The HTTP listener's host:port (OFREP, the console), a free port of its own per server.
+    http_address: str = ""
 
     def grpcurl(
         self,
@@ -95,6 +97,7 @@ def start_server(
         "PLATFORM_ADMIN_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
         # No bus unless a test asks for one (tests/bus_helpers.py starts its own nats-server).
         "PLATFORM_ADMIN_NATS_URL": "off",
+        "PLATFORM_ADMIN_HTTP_LISTEN": f"127.0.0.1:{free_port()}",
         **(env or {}),
     }
     with log_path.open("wb") as log:
@@ -105,7 +108,9 @@ def start_server(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    server = RunningServer(process, f"127.0.0.1:{port}", log_path)
+    server = RunningServer(
+        process, f"127.0.0.1:{port}", log_path, full_env["PLATFORM_ADMIN_HTTP_LISTEN"]
+    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

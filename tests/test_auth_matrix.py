@@ -13,7 +13,10 @@ from typing import Any
 import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from google.protobuf import field_mask_pb2
+from flagd.evaluation.v1 import evaluation_pb2 as e1pb
+from flagd.evaluation.v2 import evaluation_pb2 as e2pb
+from flagd.sync.v1 import sync_pb2 as spb
+from google.protobuf import field_mask_pb2, struct_pb2
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 from platform_admin.v1 import config_pb2 as cpb
@@ -42,6 +45,23 @@ C = "/platform_admin.v1.ConfigService/"
 F = "/platform_admin.v1.FlagService/"
 H = "/platform_admin.v1.HealthService/"
 PWD = "global.password_min_length"
+E1 = "/flagd.evaluation.v1.Service/"
+E2 = "/flagd.evaluation.v2.Service/"
+SYNC = "/flagd.sync.v1.FlagSyncService/"
+_RESOLVES = ("ResolveBoolean", "ResolveString", "ResolveFloat", "ResolveInt", "ResolveObject")
+# flagd evaluations: like EvaluateFlag / ResolveConfig (tenant admins for their own tenant).
+FLAGD_EVALUATIONS = {
+    *(prefix + rpc for prefix in (E1, E2) for rpc in (*_RESOLVES, "EventStream")),
+    E1 + "ResolveAll",
+}
+# The flag set names every tenant of every list: like WatchFlags, not for tenant admins.
+FLAGD_SYNC = {SYNC + "SyncFlags", SYNC + "FetchAllFlags", SYNC + "GetMetadata"}
+# RPCs whose every allowed call ends with this code (never OK by design).
+EXPECTED_CODE = {
+    E1 + "ResolveObject": grpc.StatusCode.INVALID_ARGUMENT,  # no object flags: TYPE_MISMATCH
+    E2 + "ResolveObject": grpc.StatusCode.INVALID_ARGUMENT,
+    SYNC + "GetMetadata": grpc.StatusCode.UNIMPLEMENTED,
+}
 
 READS = {
     C + "ListConfigKeys",
@@ -60,6 +80,8 @@ READS = {
     H + "ListHealthSources",
     H + "ListCheckResults",
     H + "GetPlatformHealth",
+    *FLAGD_EVALUATIONS,
+    *FLAGD_SYNC,
 }
 EXPECTED_ALLOWED: dict[str, set[str] | None] = {
     "platform_admin": None,  # everything
@@ -73,6 +95,8 @@ EXPECTED_ALLOWED: dict[str, set[str] | None] = {
         F + "WatchFlags",
         H + "ReportHeartbeat",
         H + "RecordCheckResult",
+        *FLAGD_EVALUATIONS,
+        *FLAGD_SYNC,
     },
     "tenant_admin": {
         C + "ListConfigKeys",
@@ -87,11 +111,25 @@ EXPECTED_ALLOWED: dict[str, set[str] | None] = {
         C + "WatchConfigs",
         F + "EvaluateFlag",
         F + "EvaluateFlags",
+        *FLAGD_EVALUATIONS,
     },
     "no_role": set(),
 }
 
 TENANT_ROW = {"key": PWD, "scope": cpb.CONFIG_SCOPE_TENANT, "tenant_id": TENANT_A}
+
+
+def _tenant_a_context() -> struct_pb2.Struct:
+    context = struct_pb2.Struct()
+    context.update({"targetingKey": TENANT_A})
+    return context
+
+
+def _flagd_request(prefix: str, rpc: str, key: str) -> Callable[[dict[str, str]], Message]:
+    module = e1pb if prefix == E1 else e2pb
+    request_type = getattr(module, f"{rpc}Request")
+    return lambda ids: request_type(flag_key=key, context=_tenant_a_context())
+
 
 # One request per RPC that every role allowed to call it may make successfully: tenant
 # rows are tenant A's (the tenant admin's own), heartbeats are the service's own.
@@ -137,6 +175,23 @@ SCENARIOS: dict[str, Callable[[dict[str, str]], Message]] = {
     ),
     H + "ListCheckResults": lambda ids: hpb.ListCheckResultsRequest(source_id=ids[SERVICE_ID]),
     H + "GetPlatformHealth": lambda ids: hpb.GetPlatformHealthRequest(),
+    **{
+        prefix + rpc: _flagd_request(prefix, rpc, key)
+        for prefix in (E1, E2)
+        for rpc, key in (
+            ("ResolveBoolean", "matrix.flag"),
+            ("ResolveString", "config:email.smtp_host"),
+            ("ResolveFloat", "config:" + PWD),
+            ("ResolveInt", "config:" + PWD),
+            ("ResolveObject", "matrix.flag"),
+        )
+    },
+    E1 + "ResolveAll": lambda ids: e1pb.ResolveAllRequest(context=_tenant_a_context()),
+    E1 + "EventStream": lambda ids: e1pb.EventStreamRequest(),
+    E2 + "EventStream": lambda ids: e2pb.EventStreamRequest(),
+    SYNC + "SyncFlags": lambda ids: spb.SyncFlagsRequest(),
+    SYNC + "FetchAllFlags": lambda ids: spb.FetchAllFlagsRequest(),
+    SYNC + "GetMetadata": lambda ids: spb.GetMetadataRequest(),
 }
 
 
@@ -244,7 +299,8 @@ async def test_role_matrix(db_url, settings, sql, caller: Caller, key_kind: str)
             code, answer = await call(channel, name, method, SCENARIOS[name](ids), metadata)
             checked += 1
             if allowed:
-                assert code == grpc.StatusCode.OK, f"{caller.name} {name}: {code} {answer}"
+                wanted = EXPECTED_CODE.get(name, grpc.StatusCode.OK)
+                assert code == wanted, f"{caller.name} {name}: {code} {answer}"
             else:
                 assert code == grpc.StatusCode.PERMISSION_DENIED, f"{caller.name} {name}: {code}"
                 assert answer.reason == "ROLE_NOT_ALLOWED"

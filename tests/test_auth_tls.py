@@ -202,3 +202,41 @@ def test_unusable_tls_files_are_named(tmp_path, pki):
     for pattern, change in cases.items():
         with pytest.raises(SettingsError, match=pattern):
             server_credentials(replace(good, **change))
+
+
+async def test_http_listener_serves_https_with_the_same_certificate(
+    db_url, settings, tmp_path, pki
+):
+    import ssl
+
+    import aiohttp
+
+    from server.app import App
+    from server.security.tls import http_ssl_context
+    from tests.auth_helpers import jwt_authorizer
+
+    configured = replace(
+        tls_settings(tmp_path, pki, mtls=False),
+        listen="127.0.0.1:0",
+        http_listen="127.0.0.1:0",
+        probe_enabled=False,
+        pool_min=1,
+    )
+    context = http_ssl_context(configured)
+    assert context is not None
+    app = App(configured, db_url, authorizer=jwt_authorizer(), http_ssl=context)
+    await app.start()
+    try:
+        trusting = ssl.create_default_context(cadata=pki["ca"].pem.decode())
+        headers = {"Authorization": as_caller(READER)[0][1]}
+        async with aiohttp.ClientSession() as http:
+            url = f"https://127.0.0.1:{app.http_port}/api/v1/session"
+            async with http.get(url, ssl=trusting, headers=headers) as response:
+                assert response.status == 200
+                assert (await response.json())["roles"] == ["platform_reader"]
+            # Tokens never cross it in the clear: plaintext HTTP gets no answer.
+            with pytest.raises(aiohttp.ClientError):
+                async with http.get(f"http://127.0.0.1:{app.http_port}/api/v1/session"):
+                    pass
+    finally:
+        await app.stop(grace=0)

@@ -91,6 +91,7 @@ CONFIG_KEYS = st.sampled_from(
     ]
 )
 FLAG_KEYS = st.sampled_from(["matrix.flag", "a", "new.flag-1", "A", "-x", "x" * 101])
+CONTEXT_ATTRIBUTES = st.sampled_from(["tenantId", "targetingKey", "nodeId"])
 LOOPBACK_URLS = st.sampled_from(
     [
         "http://127.0.0.1:9/health",
@@ -153,6 +154,12 @@ def text_for(field: FieldDescriptor) -> st.SearchStrategy[str]:
         plausible += [PREFIXED, ULIDS, st.sampled_from([SERVICE_ID, "ledger", "x" * 101])]
     if name in ("key", "keys"):
         plausible += [CONFIG_KEYS, FLAG_KEYS]
+    if name == "key" and field.containing_type.full_name == "google.protobuf.Struct.FieldsEntry":
+        plausible += [CONTEXT_ATTRIBUTES]  # OpenFeature evaluation contexts
+    if name == "flag_key":
+        plausible += [FLAG_KEYS, CONFIG_KEYS.map(lambda k: f"config:{k}")]
+    if name == "selector":
+        plausible += [st.sampled_from(["flags", "configs", "FLAGS", "source=x", ""])]
     if name == "node_id":
         plausible += [st.sampled_from(["node-7", "NODE 7", "n" * 200])]
     if name == "etag":

@@ -33,6 +33,7 @@ Cached answers are encoded bytes: the pipeline hands bytes to gRPC unchanged
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -42,7 +43,7 @@ from platform_admin.v1 import config_pb2, flag_pb2
 
 from domain import events
 from domain import read_state as rm
-from domain.config_keys import ConfigKeySpec
+from domain.config_keys import ConfigKeySpec, ConfigValue, Scope
 from domain.errors import NotFound, Unavailable
 from domain.events import ChangeEvent, ConfigChanged, FlagChanged
 from domain.flags import Evaluation, Reason
@@ -124,6 +125,10 @@ class ReadModel:
         self.stale_after_s = stale_after_s
         self.state = rm.ReadState()
         self.seq = -1  # every change up to this seq is reflected
+        self._advanced = asyncio.Event()  # set (and replaced) each time seq moves
+        # Bumped by every state applied (feed event, local write, reload): answers derived
+        # from the whole state (OFREP's bulk evaluation) are cached under it.
+        self.generation = 0
         self.loaded = asyncio.Event()
         self.load_seconds: float | None = None
         self._loaded_at: float | None = None
@@ -161,6 +166,8 @@ class ReadModel:
                 state.apply_config(item)
         self.state = state
         self.seq = loaded.head_seq
+        self.generation += 1
+        self._seq_moved()
         self._flag_answers.drop(rm.EVERYONE)
         self._config_answers.drop(rm.EVERYONE)
         self._defaults = None
@@ -235,6 +242,23 @@ class ReadModel:
             return
         self.seq = event.seq
         self.apply(event.change)
+        self._seq_moved()
+
+    def _seq_moved(self) -> None:
+        advanced, self._advanced = self._advanced, asyncio.Event()
+        advanced.set()
+
+    async def wait_for(self, seq: int, timeout: float) -> bool:
+        """True once every change up to ``seq`` is reflected; False after ``timeout``.
+
+        For consumers of their own subscription to the feed (OpenFeature streams) that
+        read the model after an event: the model's subscription may not have applied it yet.
+        """
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while self.seq < seq:
+                    await self._advanced.wait()
+        return self.seq >= seq
 
     def stop(self) -> None:
         self._stopped = True
@@ -245,6 +269,7 @@ class ReadModel:
 
     def apply(self, change: events.Change) -> None:
         """Takes a flag's or config's new state (an event of the feed, or a local write)."""
+        self.generation += 1
         if isinstance(change, FlagChanged):
             self._apply_flag(rm.FlagState.from_event(change))
         elif isinstance(change, ConfigChanged):
@@ -303,6 +328,23 @@ class ReadModel:
         if flag is None:
             raise NotFound(f"flag {key} does not exist")
         return _EVALUATE_RESPONSES[flag.evaluate(tenant_id)]
+
+    def flag(self, key: str) -> rm.FlagState | None:
+        """The flag's current state (None if it does not exist), for other protocols' answers."""
+        self._require_loaded()
+        return self.state.flags.get(key)
+
+    def live_flags(self) -> list[rm.FlagState]:
+        """Every unarchived flag, ordered by key."""
+        self._require_loaded()
+        return self.state.live_flags()
+
+    def resolve_value(
+        self, spec: ConfigKeySpec, tenant_id: str | None, node_id: str | None
+    ) -> tuple[ConfigValue, Scope | None]:
+        """The effective value and its source scope (None: the key's default), unencoded."""
+        self._require_loaded()
+        return self.state.resolve(spec, tenant_id, node_id)
 
     def evaluate_flags(self, tenant_id: str, keys: Sequence[str]) -> bytes:
         """Encoded EvaluateFlagsResponse: ``keys`` (request order), or every live flag."""

@@ -56,6 +56,12 @@ def check_port(settings: Settings) -> None:
             f"PLATFORM_ADMIN_WORKERS={settings.workers} needs a fixed port in"
             f" PLATFORM_ADMIN_LISTEN (got {settings.listen})"
         )
+    http = settings.http_listen
+    if settings.workers > 1 and http is not None and http.rpartition(":")[2] == "0":
+        raise SettingsError(
+            f"PLATFORM_ADMIN_WORKERS={settings.workers} needs a fixed port in"
+            f" PLATFORM_ADMIN_HTTP_LISTEN (got {http}): the workers share it"
+        )
 
 
 def run(settings: Settings, conninfo: str, main: WorkerMain) -> int:

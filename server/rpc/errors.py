@@ -27,6 +27,7 @@ STATUS_OF: dict[type[e.DomainError], grpc.StatusCode] = {
     e.Unavailable: grpc.StatusCode.UNAVAILABLE,
     e.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     e.OutOfRange: grpc.StatusCode.OUT_OF_RANGE,
+    e.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 

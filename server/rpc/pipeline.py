@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from domain.errors import DomainError
+from domain.errors import DeadlineExceeded, DomainError
 from server.rpc.encoded import passing_bytes, twin_of
 from server.rpc.errors import INTERNAL, status_code_of, to_status
 from server.security import principal as principal_ctx
@@ -58,11 +58,14 @@ class CallObserver(Protocol):
 class AllowAll:
     """Authentication off: every call is the anonymous platform admin."""
 
+    def authenticate(self, metadata: tuple[tuple[str, str | bytes], ...]) -> Principal:
+        return principal_ctx.ANONYMOUS_ADMIN
+
     def authorize(self, method: str, metadata: tuple[tuple[str, str | bytes], ...]) -> Principal:
         return principal_ctx.ANONYMOUS_ADMIN
 
 
-def _domain_error(exc: BaseException, method: str) -> DomainError:
+def domain_error(exc: BaseException, method: str) -> DomainError:
     """Domain errors go out as they are; anything else is a bug: INTERNAL, details logged.
 
     Database errors never get here: storage/ translates every driver error at its boundary
@@ -154,6 +157,45 @@ class Pipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             for observer in self.observers:
                 observer.on_call_done(method, code, elapsed, who, metadata)
 
+    async def call_unary(
+        self,
+        method: str,
+        handler: Callable[[Any, Any], Awaitable[Any]],
+        request: Any,
+        metadata: tuple[tuple[str, str | bytes], ...],
+    ) -> Any:
+        """Runs one unary servicer method outside gRPC, with the same steps as a gRPC call.
+
+        For the HTTP listener's JSON API (server/http/api.py): authorize ``method`` from the
+        metadata, bind the principal, apply the default deadline, report to the observers;
+        failures come out as a DomainError (the one error mapping), never a raw exception.
+        The servicer gets no gRPC context (unary methods do not use it).
+        """
+        started = self._start(method)
+        who: Principal | None = None
+        try:
+            who = self.authorizer.authorize(method, metadata)
+            token = principal_ctx.bind(who)
+            deadline = call_deadline.set(deadline_after(self.default_deadline_s))
+            try:
+                async with asyncio.timeout(self.default_deadline_s):
+                    response = await handler(request, None)
+            finally:
+                call_deadline.reset(deadline)
+                principal_ctx.unbind(token)
+        except TimeoutError:
+            self._done(method, grpc.StatusCode.DEADLINE_EXCEEDED, started, who, metadata)
+            raise DeadlineExceeded("the call did not finish within its deadline") from None
+        except asyncio.CancelledError:
+            self._done(method, grpc.StatusCode.CANCELLED, started, who, metadata)
+            raise
+        except Exception as exc:
+            error = domain_error(exc, method)
+            self._done(method, status_code_of(error), started, who, metadata)
+            raise error from None
+        self._done(method, grpc.StatusCode.OK, started, who, metadata)
+        return response
+
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         authorizer = self.authorizer
         default_deadline = self.default_deadline_s
@@ -209,7 +251,7 @@ class Pipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                         code = context.code() or grpc.StatusCode.UNKNOWN
                         self._done(method, code, started, who, metadata)
                         raise
-                    error = _domain_error(exc, method)
+                    error = domain_error(exc, method)
                     self._done(method, status_code_of(error), started, who, metadata)
                     await context.abort_with_status(to_status(error))
                 self._done(method, grpc.StatusCode.OK, started, who, metadata)
@@ -244,7 +286,7 @@ class Pipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     if isinstance(exc, grpc.aio.AbortError):
                         code = context.code() or grpc.StatusCode.UNKNOWN
                         raise
-                    error = _domain_error(exc, method)
+                    error = domain_error(exc, method)
                     code = status_code_of(error)
                     await context.abort_with_status(to_status(error))
                 finally:

@@ -212,6 +212,10 @@ class JwtAuthorizer:
     def __init__(self, verifier: TokenVerifier) -> None:
         self.verifier = verifier
 
+    def authenticate(self, metadata: tuple[tuple[str, str | bytes], ...]) -> Principal:
+        """Who the token says the caller is, whatever it may call (the console's sign-in)."""
+        return self.verifier.verify(bearer_token(metadata))
+
     def authorize(self, method: str, metadata: tuple[tuple[str, str | bytes], ...]) -> Principal:
         principal = self.verifier.verify(bearer_token(metadata))
         if not policy.is_allowed(method, principal.roles):
@@ -230,12 +234,16 @@ def authorizer_for(settings: Settings) -> Authorizer:
     this machine can call. Anywhere else the server refuses to start.
     """
     if settings.auth == "off":
-        if not is_loopback(settings.listen):
-            raise SettingsError(
-                f"refusing to listen on {settings.listen} with authentication off:"
-                " set PLATFORM_ADMIN_JWT_SECRET (HS256) or PLATFORM_ADMIN_JWT_PUBLIC_KEY_FILE"
-                " (RS256/ES256), or listen on 127.0.0.1 for local development"
-            )
+        for name, listen in (
+            ("PLATFORM_ADMIN_LISTEN", settings.listen),
+            ("PLATFORM_ADMIN_HTTP_LISTEN", settings.http_listen),
+        ):
+            if listen is not None and not is_loopback(listen):
+                raise SettingsError(
+                    f"refusing to listen on {listen} ({name}) with authentication off:"
+                    " set PLATFORM_ADMIN_JWT_SECRET (HS256) or PLATFORM_ADMIN_JWT_PUBLIC_KEY_FILE"
+                    " (RS256/ES256), or listen on 127.0.0.1 for local development"
+                )
         return AllowAll()
     verifier = TokenVerifier(load_key(settings), settings.jwt_audience, settings.jwt_issuer)
     return JwtAuthorizer(verifier)

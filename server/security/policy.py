@@ -16,6 +16,9 @@ from server.security.principal import PLATFORM_ADMIN, PLATFORM_READER, SERVICE, 
 _CONFIG = "/platform_admin.v1.ConfigService/"
 _FLAG = "/platform_admin.v1.FlagService/"
 _HEALTH = "/platform_admin.v1.HealthService/"
+_FLAGD_V1 = "/flagd.evaluation.v1.Service/"
+_FLAGD_V2 = "/flagd.evaluation.v2.Service/"
+_FLAGD_SYNC = "/flagd.sync.v1.FlagSyncService/"
 
 _ADMIN = frozenset({PLATFORM_ADMIN})
 _READ = frozenset({PLATFORM_ADMIN, PLATFORM_READER})
@@ -59,6 +62,30 @@ POLICY: Mapping[str, frozenset[str]] = {
     _HEALTH + "RecordCheckResult": _REPORT,
     _HEALTH + "ListCheckResults": _READ,
     _HEALTH + "GetPlatformHealth": _READ,
+    # flagd evaluation (server/openfeature/): evaluations like EvaluateFlag / ResolveConfig,
+    # a tenant admin only for its own tenant (the context's tenant is checked there).
+    # EventStream names only keys that changed, which evaluators know anyway.
+    **{
+        prefix + rpc: _READ_SERVICE_TENANT
+        for prefix in (_FLAGD_V1, _FLAGD_V2)
+        for rpc in (
+            "ResolveBoolean",
+            "ResolveString",
+            "ResolveFloat",
+            "ResolveInt",
+            "ResolveObject",
+            "EventStream",
+        )
+    },
+    _FLAGD_V1 + "ResolveAll": _READ_SERVICE_TENANT,
+    # flagd sync: the whole flag set names every tenant of every list, so, like
+    # WatchFlags, never for tenant admins.
+    _FLAGD_SYNC + "SyncFlags": _READ | {SERVICE},
+    _FLAGD_SYNC + "FetchAllFlags": _READ | {SERVICE},
+    _FLAGD_SYNC + "GetMetadata": _READ | {SERVICE},
+    # OFREP over HTTP (server/openfeature/ofrep.py): the same evaluations as flagd's.
+    "/ofrep.v1.OFREP/EvaluateFlag": _READ_SERVICE_TENANT,
+    "/ofrep.v1.OFREP/EvaluateFlagsBulk": _READ_SERVICE_TENANT,
 }
 
 

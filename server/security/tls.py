@@ -7,6 +7,7 @@ rather than failing inside the TLS handshake of the first caller.
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import grpc
@@ -67,3 +68,23 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
         # With a client CA, a caller without a certificate it signed cannot even connect.
         require_client_auth=client_ca is not None,
     )
+
+
+def http_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The same certificate (and client CA) for the HTTP listener, so tokens never cross it
+    in the clear where the gRPC port is encrypted; None when no certificate is configured.
+
+    Call after :func:`server_credentials`, which checks the files and names a bad one.
+    """
+    if not settings.tls_cert_file or not settings.tls_key_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+        if settings.tls_client_ca_file:
+            context.load_verify_locations(cafile=settings.tls_client_ca_file)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as exc:
+        raise SettingsError(f"TLS files unusable for the HTTP listener: {exc}") from None
+    return context
