@@ -18,7 +18,8 @@ import psycopg
 from domain.errors import AlreadyExists, FailedPrecondition, NotFound
 from domain.etags import check_etag
 from domain.events import FlagChanged
-from domain.flags import Evaluation, Override, apply_override, evaluate
+from domain.flags import Evaluation, Override, apply_override
+from domain.read_state import FlagState
 from storage import outbox
 from storage.db import Database, fetch_one
 
@@ -41,13 +42,8 @@ class FlagRow:
         object.__setattr__(self, "disabled_tenant_ids", tuple(self.disabled_tenant_ids))
 
     def evaluate(self, tenant_id: str) -> Evaluation:
-        return evaluate(
-            default_enabled=self.default_enabled,
-            enabled_tenant_ids=self.enabled_tenant_ids,
-            disabled_tenant_ids=self.disabled_tenant_ids,
-            archived=self.is_archived,
-            tenant_id=tenant_id,
-        )
+        """The one evaluation rule (domain/flags.py), as the read model applies it."""
+        return FlagState.from_event(self.event()).evaluate(tenant_id)
 
     def event(self) -> FlagChanged:
         """The flag's full state as its change event carries it."""
@@ -147,10 +143,16 @@ async def list_rows(
     return await db.all(FlagRow, _LIST, params)
 
 
-async def _lock(conn: psycopg.AsyncConnection, key: str) -> FlagRow:
+async def _lock(
+    conn: psycopg.AsyncConnection, key: str, expected_version: int | None, *, live: bool
+) -> FlagRow:
+    """Locks the flag for this transaction; checks the caller's etag (and that it is live)."""
     row = await fetch_one(conn, FlagRow, _LOCK, (key,))
     if row is None:
         raise _missing(key)
+    check_etag(expected_version, row.version, f"flag {key}")
+    if live and row.is_archived:
+        raise FailedPrecondition(f"flag {key} is archived; unarchive it first")
     return row
 
 
@@ -209,11 +211,6 @@ async def create(
     return await db.transaction(work)
 
 
-def _check_live(row: FlagRow) -> None:
-    if row.is_archived:
-        raise FailedPrecondition(f"flag {row.key} is archived; unarchive it first")
-
-
 async def update(
     db: Database,
     key: str,
@@ -226,9 +223,7 @@ async def update(
     """Changes description and/or default (None keeps the stored value)."""
 
     async def work(conn: psycopg.AsyncConnection) -> FlagChanged:
-        current = await _lock(conn, key)
-        check_etag(expected_version, current.version, f"flag {key}")
-        _check_live(current)
+        current = await _lock(conn, key, expected_version, live=True)
         return await _write(
             conn, current, actor, description=description, default_enabled=default_enabled
         )
@@ -247,9 +242,7 @@ async def set_override(
     """Puts ``tenant_id`` in the list ``override`` names (or in neither), atomically."""
 
     async def work(conn: psycopg.AsyncConnection) -> FlagChanged:
-        current = await _lock(conn, key)
-        check_etag(expected_version, current.version, f"flag {key}")
-        _check_live(current)
+        current = await _lock(conn, key, expected_version, live=True)
         enabled, disabled = apply_override(
             current.enabled_tenant_ids, current.disabled_tenant_ids, tenant_id, override
         )
@@ -264,8 +257,7 @@ async def set_archived(
     """Archives or restores a flag; already in that state is a no-op."""
 
     async def work(conn: psycopg.AsyncConnection) -> FlagChanged:
-        current = await _lock(conn, key)
-        check_etag(expected_version, current.version, f"flag {key}")
+        current = await _lock(conn, key, expected_version, live=False)
         return await _write(conn, current, actor, archived=archived)
 
     return await db.transaction(work)
