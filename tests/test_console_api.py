@@ -110,8 +110,9 @@ async def test_refusals_match_grpc(api: Api) -> None:
     # RPCs the console does not use are not reachable here at all.
     status, body = await api.call("FlagService/CreateFlag", {"key": "x"})
     assert status == 404 and body["error"]["code"] == "NOT_FOUND"
-    status, body = await api.call("HealthService/DeleteHealthSource", {"id": "x"})
-    assert status == 404
+    for unused in ("HealthService/DeleteHealthSource", "HealthService/ListHealthSources"):
+        status, body = await api.call(unused, {})
+        assert status == 404, unused
 
 
 async def test_bad_input_is_a_clear_400(api: Api) -> None:

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 PREFIX = "/api/v1/"
 # Service short name -> the methods the console calls. Keep to what a page uses.
 EXPOSED: dict[str, tuple[str, ...]] = {
-    "HealthService": ("GetPlatformHealth", "ListHealthSources", "ListCheckResults"),
+    "HealthService": ("GetPlatformHealth", "ListCheckResults"),
     "FlagService": (
         "ListFlags",
         "GetFlag",
@@ -51,7 +51,6 @@ EXPOSED: dict[str, tuple[str, ...]] = {
     "ConfigService": (
         "ListConfigKeys",
         "ListConfigs",
-        "GetConfig",
         "SetConfig",
         "ResolveConfig",
         "ListConfigHistory",
