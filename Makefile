@@ -12,10 +12,16 @@ PROTO_FILES := $(shell find protos -name '*.proto' | sort)
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+PYPROJECTS := pyproject.toml generated/pyproject.toml domain/pyproject.toml clients/python/pyproject.toml
+
+# Four distributions, all editable: the stubs, the domain rules, the client library, the service.
+# The service and the client name the stubs and the rules by path, which pip will not match
+# with an editable install in the same command: the second command makes those two editable.
+$(STAMP): $(PYPROJECTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e './clients/python[openfeature]' -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps -e ./generated -e ./domain
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install the service with its dev tools

@@ -1,0 +1,1 @@
+"""platform-admin flags and configs answered in process."""
