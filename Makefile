@@ -40,8 +40,8 @@ test-faults: $(STAMP) ## Run the fault-injection suite (bounded in time)
 
 lint: $(STAMP) ## buf lint + format, ruff, mypy
 	cd protos && ../$(BIN)/buf lint && ../$(BIN)/buf format -d --exit-code
-	$(BIN)/ruff check server storage domain tests bench
-	$(BIN)/ruff format --check server storage domain tests bench
+	$(BIN)/ruff check server storage domain tests bench clients/python/platform_admin_client
+	$(BIN)/ruff format --check server storage domain tests bench clients/python/platform_admin_client
 	$(BIN)/mypy
 
 generate: $(STAMP) ## Regenerate generated/ from protos/

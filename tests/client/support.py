@@ -41,6 +41,9 @@ class Recorder:
         with self.lock:
             self.changes.append(change)
 
+    def __repr__(self) -> str:
+        return f"Recorder({len(self.changes)} changes)"
+
     def versions(self, kind: str = "flag") -> list[tuple[str, int]]:
         with self.lock:
             return [

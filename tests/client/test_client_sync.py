@@ -8,8 +8,8 @@ from pathlib import Path
 import grpc
 import pytest
 from platform_admin.v1 import config_pb2, config_pb2_grpc, flag_pb2, flag_pb2_grpc
-
 from platform_admin_client import Reason, Scope, State, UnknownKey
+
 from server.app import App
 from tests.client.support import Recorder, client_for, eventually
 from tests.helpers import TENANT_A, TENANT_B

@@ -6,7 +6,6 @@ library" section. Evaluation and resolution are the server's own rules (``domain
 
 from domain.config_keys import Scope
 from domain.flags import Evaluation, Reason
-
 from platform_admin_client.client import Client, Resolution
 from platform_admin_client.errors import ServerError, UnknownKey
 from platform_admin_client.health import Heartbeats

@@ -22,10 +22,10 @@ from types import TracebackType
 from typing import Any
 
 import grpc
-from domain.config_keys import ConfigValue, Scope
-from domain.flags import Evaluation
 from platform_admin.v1 import health_pb2
 
+from domain.config_keys import ConfigValue, Scope
+from domain.flags import Evaluation
 from platform_admin_client.connection import Connection, Token, credentials_for
 from platform_admin_client.core import Core, Listener, StateListener
 from platform_admin_client.errors import ServerError, UnknownKey
@@ -102,12 +102,12 @@ class Client:
     def is_enabled(self, key: str, tenant_id: str, default: bool = False) -> bool:
         """Whether flag ``key`` is on for ``tenant_id``; ``default`` for a key never seen.
 
-        Tenant ids are compared as the server stores them: upper-case ULIDs.
+        Tenant ids are canonicalised as the server does (ULIDs, upper-case).
         """
         entry = self._copy.flags.entries.get(key)
         if entry is None:
             return default
-        return entry.on is not (tenant_id in entry.flips)
+        return entry.on is not (tenant_id.upper() in entry.flips)
 
     def evaluate(self, key: str, tenant_id: str) -> Evaluation:
         """The answer and its reason (DEFAULT, TENANT_ENABLED, TENANT_DISABLED, ARCHIVED).
@@ -119,7 +119,7 @@ class Client:
             raise UnknownKey(f"unknown flag {key!r}")
         if entry.named is None:
             return entry.default
-        return entry.named.get(tenant_id, entry.default)
+        return entry.named.get(tenant_id.upper(), entry.default)
 
     def config(
         self, key: str, tenant_id: str | None = None, node_id: str | None = None
@@ -135,7 +135,8 @@ class Client:
         spec = copy.specs.get(key)
         if spec is None:
             raise UnknownKey(f"unknown config key {key!r}")
-        value, scope = copy.configs.read.resolve(spec, tenant_id or None, node_id or None)
+        tenant = tenant_id.upper() if tenant_id else None
+        value, scope = copy.configs.read.resolve(spec, tenant, node_id or None)
         return Resolution(value, scope)
 
     def flag_keys(self) -> list[str]:
@@ -166,13 +167,17 @@ class Client:
         loop = asyncio.get_running_loop()
         became: asyncio.Future[bool] = loop.create_future()
 
+        def settle() -> None:
+            if not became.done():
+                became.set_result(True)
+
         def on_state(state: State) -> None:
             if state is State.READY:
-                loop.call_soon_threadsafe(lambda: became.done() or became.set_result(True))
+                loop.call_soon_threadsafe(settle)
 
         self._core.add_state_listener(on_state)
         try:
-            if self._core.state is State.READY:
+            if self._core.ready_event.is_set():  # READY between the first check and now
                 return True
             async with asyncio.timeout(timeout):
                 return await became

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from platform_admin.v1 import config_pb2, flag_pb2
+
 from domain.config_keys import ConfigKeySpec, ConfigValue, Scope, ValueType
 from domain.read_model import ConfigState, FlagState, tenant_set
-from platform_admin.v1 import config_pb2, flag_pb2
 
 _SCOPES = {
     config_pb2.CONFIG_SCOPE_PLATFORM: Scope.PLATFORM,

@@ -19,7 +19,6 @@ from typing import Any
 
 from domain.config_keys import ConfigKeySpec
 from domain.read_model import ConfigState, FlagState
-
 from platform_admin_client.connection import Connection
 from platform_admin_client.errors import ServerError
 from platform_admin_client.health import Heartbeats
@@ -185,7 +184,9 @@ class Core:
             self.copy.configs_cursor = cursor
         self._seen(stream)
         if applied:
-            self._deliver([Change("flag" if stream == FLAGS else "config", state.key, state, cursor)])
+            self._deliver(
+                [Change("flag" if stream == FLAGS else "config", state.key, state, cursor)]
+            )
 
     def heartbeat(self, stream: str, cursor: str) -> None:
         if cursor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
 
@@ -38,7 +39,7 @@ def server_error(error: grpc.aio.AioRpcError) -> ServerError:
             continue
         try:
             status = status_pb2.Status.FromString(value)
-        except Exception:  # noqa: BLE001 - a malformed detail is not worth failing over
+        except DecodeError:
             continue
         for detail in status.details:
             if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):

@@ -23,9 +23,12 @@ _STATUSES = {
 }
 
 
-def status_value(status: str | int) -> health_pb2.HealthStatus.ValueType:
+def status_value(status: str | int) -> health_pb2.HealthStatus:
+    """``"HEALTHY"``, ``"HEALTH_STATUS_HEALTHY"`` or the enum's number, as the enum."""
     if isinstance(status, int):
-        return health_pb2.HealthStatus.ValueType(status)
+        if status not in _STATUSES.values():
+            raise ValueError(f"status must be one of {', '.join(_STATUSES)}, got {status!r}")
+        return health_pb2.HealthStatus(status)
     found = _STATUSES.get(status.upper().removeprefix("HEALTH_STATUS_"))
     if found is None:
         raise ValueError(f"status must be one of {', '.join(_STATUSES)}, got {status!r}")

@@ -21,7 +21,6 @@ from typing import Any
 from domain.config_keys import ConfigKeySpec
 from domain.flags import Evaluation
 from domain.read_model import ConfigState, FlagState, ReadState
-
 from platform_admin_client import convert
 
 SNAPSHOT_FORMAT = 1

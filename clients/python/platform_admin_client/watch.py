@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
-from domain.config_keys import ConfigKeySpec
-from domain.read_model import ConfigState, FlagState
 from platform_admin.v1 import config_pb2, config_pb2_grpc, flag_pb2, flag_pb2_grpc
 
+from domain.config_keys import ConfigKeySpec
+from domain.read_model import ConfigState, FlagState
 from platform_admin_client import convert
 from platform_admin_client.connection import Connection
 from platform_admin_client.errors import ServerError, server_error
@@ -125,7 +125,9 @@ class Stream:
             log.warning("platform-admin %s stream: %s; resuming", self.name, error)
             self.failures += 1
             return 0.05 if self.failures <= 1 else self._growing()
-        log.warning("platform-admin %s stream lost (%s): %s", self.name, self.connection.target, error)
+        log.warning(
+            "platform-admin %s stream lost (%s): %s", self.name, self.connection.target, error
+        )
         self.connection.rotate()
         self.failures += 1
         if reason == "SERVER_SHUTTING_DOWN" and self.failures <= 1:
@@ -133,8 +135,8 @@ class Stream:
         return self._growing()
 
     def _growing(self) -> float:
-        ceiling = min(self.backoff.max_s, self.backoff.initial_s * 2 ** (self.failures - 1))
-        return ceiling * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not security
+        ceiling = min(self.backoff.max_s, self.backoff.initial_s * 2.0 ** (self.failures - 1))
+        return float(ceiling * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not security
 
     async def _follow(self) -> None:
         channel = self.connection.channel()
@@ -156,7 +158,9 @@ class Stream:
                 if spec is not None:
                     specs[spec.key] = spec
             self.sink.set_specs(specs)
-            call = stub.WatchConfigs(config_pb2.WatchConfigsRequest(cursor=cursor), metadata=metadata)
+            call = stub.WatchConfigs(
+                config_pb2.WatchConfigsRequest(cursor=cursor), metadata=metadata
+            )
         try:
             await self._read(call, resumed=bool(cursor))
         finally:
