@@ -26,6 +26,7 @@ from platform_admin.v1 import health_pb2
 
 from domain.config_keys import ConfigValue, Scope
 from domain.flags import Evaluation
+from domain.read_model import FlagState
 from platform_admin_client.connection import Connection, Token, credentials_for
 from platform_admin_client.core import Core, Listener, StateListener
 from platform_admin_client.errors import ServerError, UnknownKey
@@ -138,6 +139,10 @@ class Client:
         tenant = tenant_id.upper() if tenant_id else None
         value, scope = copy.configs.read.resolve(spec, tenant, node_id or None)
         return Resolution(value, scope)
+
+    def flag_state(self, key: str) -> FlagState | None:
+        """The flag as last received (lists, archived, version), or None if never seen."""
+        return self._copy.flags.states().get(key)
 
     def flag_keys(self) -> list[str]:
         return sorted(self._copy.flags.entries)
