@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PROTO_FILES := $(shell find protos -name '*.proto' | sort)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run migrate test test-faults lint generate check-generated bench bench-watch bench-health soak clean
+.PHONY: help install run migrate test test-faults lint generate check-generated bench bench-watch bench-health bench-client soak clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -70,6 +70,9 @@ bench-watch: $(STAMP) ## WatchFlags commit-to-delivery latency, 1,000 subscriber
 
 bench-health: $(STAMP) ## 5 million check results: ListCheckResults and GetPlatformHealth latency
 	$(BIN)/python -m bench.health
+
+bench-client: $(STAMP) ## Client library: local answers vs RPC, commit-to-on_change at 1,000 clients, memory
+	$(BIN)/python -m bench.client
 
 soak: $(STAMP) ## Mixed-load soak, default 5 minutes (SOAK_SECONDS to change)
 	$(BIN)/python -m bench.soak

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import psycopg
 from platform_admin.v1 import config_pb2, config_pb2_grpc, flag_pb2, flag_pb2_grpc
-from platform_admin_client import State
+from platform_admin_client import Client, State
 from prometheus_client import REGISTRY
 
 from server.app import App
@@ -39,8 +39,8 @@ def _rpcs(method: str, code: str) -> float:
     return sample or 0.0
 
 
-def _local_versions(client: object) -> dict[str, int]:
-    return {k: s.version for k, s in client._copy.flags.states().items()}  # type: ignore[attr-defined]
+def _local_versions(client: Client) -> dict[str, int]:
+    return {k: s.version for k in client.flag_keys() if (s := client.flag_state(k))}
 
 
 async def test_server_restart_client_goes_stale_keeps_answering_and_catches_up_once_in_order(

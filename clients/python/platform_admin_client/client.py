@@ -118,15 +118,21 @@ class Client:
         entry = self._copy.flags.entries.get(key)
         if entry is None:
             raise UnknownKey(f"unknown flag {key!r}")
-        if entry.named is None:
-            return entry.default
-        return entry.named.get(tenant_id.upper(), entry.default)
+        return entry.state.evaluate(tenant_id.upper())
 
     def config(
         self, key: str, tenant_id: str | None = None, node_id: str | None = None
     ) -> ConfigValue:
-        """The effective value: NODE > TENANT > PLATFORM > the key's default."""
-        return self.resolve(key, tenant_id, node_id).value
+        """The effective value: NODE > TENANT > PLATFORM > the key's default.
+
+        Raises :class:`UnknownKey` for a key ``ListConfigKeys`` has not named.
+        """
+        copy = self._copy
+        spec = copy.specs.get(key)
+        if spec is None:
+            raise UnknownKey(f"unknown config key {key!r}")
+        tenant = tenant_id.upper() if tenant_id else None
+        return copy.configs.read.resolve(spec, tenant, node_id or None)[0]
 
     def resolve(
         self, key: str, tenant_id: str | None = None, node_id: str | None = None
@@ -142,7 +148,8 @@ class Client:
 
     def flag_state(self, key: str) -> FlagState | None:
         """The flag as last received (lists, archived, version), or None if never seen."""
-        return self._copy.flags.states().get(key)
+        entry = self._copy.flags.entries.get(key)
+        return entry.state if entry is not None else None
 
     def flag_keys(self) -> list[str]:
         return sorted(self._copy.flags.entries)

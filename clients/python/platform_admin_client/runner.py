@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+DRAIN_S = 0.2
 
 
 class LoopThread:
@@ -55,6 +58,11 @@ class LoopThread:
         return self.submit(run()).result(timeout)
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stops and closes the loop, once gRPC has delivered the last completions of the
+        calls it ran (another thread's loop would otherwise hand them to a closed one)."""
+        if self.alive and not self.on_loop_thread():
+            with contextlib.suppress(Exception):
+                self.submit(asyncio.sleep(DRAIN_S)).result(timeout)
         if self.alive:
             self.loop.call_soon_threadsafe(self.loop.stop)
         if not self.on_loop_thread():

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from domain.config_keys import ConfigKeySpec
-from domain.flags import Evaluation
 from domain.read_model import ConfigState, FlagState, ReadState
 from platform_admin_client import convert
 
@@ -33,23 +32,25 @@ class FlagEntry:
     """What the hot path needs of one flag.
 
     ``flips`` holds the tenants whose answer differs from ``on`` (the answer for a tenant
-    named in neither list), so ``is_enabled`` is ``on`` xor membership.
+    named in neither list), so ``is_enabled`` is ``on`` xor membership. ``evaluate`` (with
+    the reason) runs the domain rule on ``state`` itself.
     """
 
     on: bool
     flips: frozenset[str]
-    default: Evaluation
-    named: dict[str, Evaluation] | None
+    state: FlagState
+
+
+_NO_TENANTS: frozenset[str] = frozenset()
 
 
 def flag_entry(state: FlagState) -> FlagEntry:
-    default = state.default_evaluation()
+    on = state.default_evaluation().enabled
     tenants = {*state.enabled, *state.disabled}
     if not tenants:
-        return FlagEntry(default.enabled, frozenset(), default, None)
-    named = {tenant: state.evaluate(tenant) for tenant in tenants}
-    flips = frozenset(t for t, e in named.items() if e.enabled is not default.enabled)
-    return FlagEntry(default.enabled, flips, default, named)
+        return FlagEntry(on, _NO_TENANTS, state)
+    flips = frozenset(t for t in tenants if state.evaluate(t).enabled is not on)
+    return FlagEntry(on, flips or _NO_TENANTS, state)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,25 +69,23 @@ class Change:
 
 
 class FlagTable:
-    """The flags: versions (for dedupe across reconnects) and the hot-path entries."""
+    """The flags by key: each one's state (its version dedupes replays) and hot-path entry."""
 
     def __init__(self, states: Iterable[FlagState] = ()) -> None:
-        self.read = ReadState()
         self.entries: dict[str, FlagEntry] = {}
         for state in states:
             self.apply(state)
 
     def apply(self, state: FlagState) -> bool:
         """Takes ``state`` if newer than the one held; True when it changed anything."""
-        old = self.read.flags.get(state.key)
-        if old is not None and old.version >= state.version:
+        old = self.entries.get(state.key)
+        if old is not None and old.state.version >= state.version:
             return False
-        self.read.apply_flag(state)
         self.entries[state.key] = flag_entry(state)
         return True
 
     def states(self) -> dict[str, FlagState]:
-        return self.read.flags
+        return {key: entry.state for key, entry in self.entries.items()}
 
 
 class ConfigTable:

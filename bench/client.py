@@ -1,0 +1,240 @@
+"""`make bench-client`: the client library's in-process answers, change latency and memory.
+
+What it does (a few minutes):
+
+1. Uses its own database (DATABASE_URL's server, or an embedded PostgreSQL under
+   ``.data/pg-bench``) seeded like `make bench`: 10,000 flags with 30 named tenants each
+   and TENANT / NODE rows for every config key; starts one ``platform-admin serve``.
+2. Local vs RPC: one client in this process; ``is_enabled`` and ``config`` called in a
+   tight loop on one thread (one core), against ``EvaluateFlag`` / ``ResolveConfig``
+   called one after the other from the same process (each call waits for its answer).
+3. Memory: a fresh process holding one READY client with all 10,000 flags and every
+   config row; the growth of its resident set and of Python's heap (tracemalloc).
+4. Latency: a second database with 20 flags and a server on it; 1,000 clients in this
+   process (four background threads of 250) all watching it; one flag changed every
+   ``BENCH_CLIENT_INTERVAL_MS`` through UpdateFlag; latency = the client's ``on_change``
+   call - the moment UpdateFlag returned. The clients' own cost of receiving 1,000
+   messages per change runs on this machine too.
+
+Environment: BENCH_CLIENT_SECONDS (default 2), BENCH_CLIENT_CLIENTS (default 1000),
+BENCH_CLIENT_CHANGES (default 40), BENCH_CLIENT_INTERVAL_MS (default 200), DATABASE_URL.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+from pathlib import Path
+
+import grpc
+from platform_admin.v1 import config_pb2, config_pb2_grpc, flag_pb2, flag_pb2_grpc
+from platform_admin_client import Change, Client, LoopThread
+
+from bench import hot_path, watch
+from bench.hot_path import ROOT, bench_server_url, own_database, say, start_service
+
+SECONDS = float(os.environ.get("BENCH_CLIENT_SECONDS", "2"))
+CLIENTS = int(os.environ.get("BENCH_CLIENT_CLIENTS", "1000"))
+CHANGES = int(os.environ.get("BENCH_CLIENT_CHANGES", "40"))
+INTERVAL_S = int(os.environ.get("BENCH_CLIENT_INTERVAL_MS", "200")) / 1000
+N_FLAGS = 10_000
+THREADS = 4
+
+
+def _rate(call: object, pairs: list[tuple[str, str]], seconds: float) -> float:
+    """Calls per second of ``call(*pair)`` over ``pairs``, repeated for ``seconds``."""
+    fn = call  # local name: the loop measures the call, not the attribute look-up
+    done = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for a, b in pairs:
+            fn(a, b)  # type: ignore[operator]
+        done += len(pairs)
+    return done / (time.perf_counter() - started)
+
+
+def _rpc_rate(call: object, requests: list[object], seconds: float) -> float:
+    done = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for request in requests[:50]:
+            call(request, timeout=5)  # type: ignore[operator]
+        done += min(50, len(requests))
+    return done / (time.perf_counter() - started)
+
+
+def local_vs_rpc(port: int) -> list[tuple[str, float, float]]:
+    keys = [hot_path.flag_key(i) for i in range(0, N_FLAGS, 7)]
+    tenants = hot_path.TENANTS
+    pairs = [(keys[i % len(keys)], tenants[i % len(tenants)]) for i in range(1000)]
+    config_keys = ["global.session_idle_minutes", "email.smtp_port", "global.mfa_required_default"]
+    config_pairs = [(config_keys[i % 3], tenants[i % len(tenants)]) for i in range(1000)]
+    with Client(f"127.0.0.1:{port}") as client:
+        if not client.wait_ready(120):
+            raise RuntimeError(f"client not READY: {client.state} {client.error}")
+        local_flag = _rate(client.is_enabled, pairs, SECONDS)
+        local_config = _rate(client.config, config_pairs, SECONDS)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        flags = flag_pb2_grpc.FlagServiceStub(channel)
+        configs = config_pb2_grpc.ConfigServiceStub(channel)
+        flag_requests = [flag_pb2.EvaluateFlagRequest(key=k, tenant_id=t) for k, t in pairs]
+        config_requests = [
+            config_pb2.ResolveConfigRequest(key=k, tenant_id=t) for k, t in config_pairs
+        ]
+        _rpc_rate(flags.EvaluateFlag, flag_requests, 0.3)  # warm up the connection
+        rpc_flag = _rpc_rate(flags.EvaluateFlag, flag_requests, SECONDS)
+        rpc_config = _rpc_rate(configs.ResolveConfig, config_requests, SECONDS)
+    return [
+        ("is_enabled / EvaluateFlag", local_flag, rpc_flag),
+        ("config / ResolveConfig", local_config, rpc_config),
+    ]
+
+
+def _rss_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def memory_child(port: int) -> None:
+    """Runs in a fresh process: prints the memory one READY client with everything takes."""
+    gc.collect()
+    rss_before = _rss_kb()
+    tracemalloc.start()
+    client = Client(f"127.0.0.1:{port}")
+    if not client.wait_ready(300):
+        raise RuntimeError(f"client not READY: {client.state} {client.error}")
+    gc.collect()
+    heap, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    gc.collect()
+    rss_after = _rss_kb()
+    flags = len(client.flag_keys())
+    rows = len(client._copy.configs.states())
+    client.close()
+    print(json.dumps({"flags": flags, "rows": rows, "heap": heap, "rss": rss_after - rss_before}))
+
+
+def memory(port: int) -> dict[str, float]:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.client", "--memory", str(port)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def latency(port: int) -> tuple[list[float], int, int]:
+    """Commit -> on_change latencies (s), deliveries missing, clients READY."""
+    received: dict[int, list[float]] = {}
+    lock = threading.Lock()
+    key = "bench.flag-0"
+
+    def listener(change: Change) -> None:
+        at = time.monotonic()
+        if change.state is not None:
+            with lock:
+                received.setdefault(change.state.version, []).append(at)
+
+    threads = [LoopThread(f"bench-client-{i}") for i in range(THREADS)]
+    clients = []
+    try:
+        for i in range(CLIENTS):
+            client = Client(f"127.0.0.1:{port}", loop_thread=threads[i % THREADS])
+            client.on_change(listener, keys=[key])
+            clients.append(client)
+        deadline = time.monotonic() + 180
+        ready = 0
+        for client in clients:
+            ready += client.wait_ready(max(0.0, deadline - time.monotonic()))
+        say(f"{ready} of {CLIENTS} clients READY")
+        committed: dict[int, float] = {}
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = flag_pb2_grpc.FlagServiceStub(channel)
+            for i in range(CHANGES):
+                answer = stub.UpdateFlag(
+                    flag_pb2.UpdateFlagRequest(key=key, description=f"change {i}"), timeout=10
+                )
+                committed[int(answer.flag.etag)] = time.monotonic()
+                time.sleep(INTERVAL_S)
+        time.sleep(2.0)
+        with lock:
+            samples = [at - committed[v] for v, times in received.items() for at in times]
+            missing = sum(max(0, ready - len(received.get(v, []))) for v in committed)
+        return samples, missing, ready
+    finally:
+        for client in clients:
+            client.close()
+        for thread in threads:
+            thread.stop()
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def main() -> int:
+    say(f"bench-client: {SECONDS}s per rate, {CLIENTS} clients, {CHANGES} changes")
+    with (
+        bench_server_url() as server_url,
+        own_database(server_url, "pa_bench_client") as url,
+        own_database(server_url, "pa_bench_client_latency") as latency_url,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        hot_path.seed(url, N_FLAGS)
+        watch.seed(latency_url)
+        workdir = Path(tmp)
+        server = start_service(url, workdir)
+        try:
+            say("local answers vs RPC")
+            rates = local_vs_rpc(server.port)
+            say("memory of one client holding everything")
+            mem = memory(server.port)
+        finally:
+            server.stop()
+        server = start_service(latency_url, workdir)
+        try:
+            say(f"commit -> on_change with {CLIENTS} clients")
+            samples, missing, ready = latency(server.port)
+        finally:
+            server.stop()
+
+    print("| call | local calls/s | RPC calls/s | local / RPC |")
+    print("|---|---:|---:|---:|")
+    for name, local, rpc in rates:
+        print(f"| {name} | {local:,.0f} | {rpc:,.0f} | {local / rpc:,.0f}x |")
+    print()
+    print("| clients READY | deliveries | missing | p50 ms | p99 ms | max ms |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    print(
+        f"| {ready:,} | {len(samples):,} | {missing} | {_pct(samples, 0.5) * 1000:.1f} |"
+        f" {_pct(samples, 0.99) * 1000:.1f} | {max(samples, default=0) * 1000:.1f} |"
+    )
+    print()
+    print(
+        f"memory of one client with {mem['flags']:,} flags and {mem['rows']:,} config rows:"
+        f" Python heap {mem['heap'] / 2**20:.1f} MB, resident set +{mem['rss'] / 1024:.1f} MB"
+    )
+    print(f"(median p50 sanity: {statistics.median(samples) * 1000 if samples else 0:.1f} ms)")
+    ok = missing == 0 and all(local >= 1_000_000 for _, local, _ in rates[:1])
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--memory":
+        memory_child(int(sys.argv[2]))
+    else:
+        sys.exit(main())
