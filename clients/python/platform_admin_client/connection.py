@@ -51,6 +51,9 @@ CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.keepalive_permit_without_calls", 0),
+    # One connection per client: its two streams never queue behind other channels' streams
+    # under the server's per-connection stream limit (gRPC shares connections otherwise).
+    ("grpc.use_local_subchannel_pool", 1),
     # Reconnect promptly after a replica restarts (gRPC's default backs off to 120 s).
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 5_000),
