@@ -19,6 +19,7 @@ from platform_admin.v1 import config_pb2, config_pb2_grpc, flag_pb2, flag_pb2_gr
 from platform_admin.v1 import health_pb2 as health_api_pb2
 from platform_admin.v1 import health_pb2_grpc as health_api_pb2_grpc
 
+from server.changes.feed import ChangeFeed
 from server.changes.read_model import ReadModel
 from server.changes.tail import Sequencer, Tail
 from server.ops import metrics
@@ -47,15 +48,8 @@ MAX_CONCURRENT_STREAMS = 1024
 
 
 def pool_settings(settings: Settings, conninfo: str) -> PoolSettings:
-    return PoolSettings(
-        conninfo=conninfo,
-        min_size=settings.pool_min,
-        max_size=settings.pool_max,
-        acquire_timeout_s=settings.pool_acquire_timeout_s,
-        statement_timeout_ms=settings.statement_timeout_ms,
-        lock_timeout_ms=settings.lock_timeout_ms,
-        max_waiting=settings.pool_max_waiting,
-    )
+    """Kept for callers of the composition root; the mapping is Settings.pool_settings."""
+    return settings.pool_settings(conninfo)
 
 
 def server_options(reuse_port: bool) -> list[tuple[str, int]]:
@@ -85,14 +79,17 @@ class App:
     health_interval_s: float = 1.0
 
     def __post_init__(self) -> None:
-        self.db = Database(pool_settings(self.settings, self.conninfo))
+        self.db = Database(self.settings.pool_settings(self.conninfo))
         # The change stream: one tail per process feeds every watch stream; every replica
         # runs a sequencer, the advisory lock lets one at a time work (server/changes/tail.py).
-        self.tail = Tail(self.db, pool_settings(self.settings, self.conninfo))
+        self.tail = Tail(self.db, self.settings.pool_settings(self.conninfo))
         self.sequencer = Sequencer(self.db)
         self.sequencer.on_sequenced = lambda _top: self.tail.wake()
         self.db.after_commit = self.sequencer.wake
-        self.watch = Watch(self.db, self.tail, heartbeat_s=self.settings.watch_heartbeat_s)
+        # The one way to consume the stream: every consumer subscribes here
+        # (server/changes/feed.py; docs/adr/0006-change-events-and-subscriptions.md).
+        self.changes = ChangeFeed(self.db, self.tail)
+        self.watch = Watch(self.db, self.changes, heartbeat_s=self.settings.watch_heartbeat_s)
         # Metrics and the access log see every call; observers passed in come after them.
         self.observers = [
             RpcMetrics(),
@@ -106,7 +103,7 @@ class App:
         # The /metrics listener; `serve` starts it (tests may too).
         self.metrics = MetricsServer(self.db)
         # Every flag and config in memory, fed by the tail: Evaluate*/Resolve* never query.
-        self.read_model = ReadModel(self.db, self.tail)
+        self.read_model = ReadModel(self.db, self.changes)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port = 0

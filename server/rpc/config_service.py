@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Protocol, cast
+from typing import Protocol
 
 import grpc
 from platform_admin.v1 import config_pb2, config_pb2_grpc
@@ -15,39 +15,28 @@ from platform_admin.v1 import config_pb2, config_pb2_grpc
 from domain import config_keys, paging
 from domain.config_keys import ConfigTarget, Scope
 from domain.errors import InvalidArgument, NotFound, PermissionDenied
-from domain.etags import format_etag, parse_etag
+from domain.etags import parse_etag
+from domain.events import ConfigChanged
 from domain.ids import CONFIG_HISTORY, check_ulid, with_prefix
 from domain.resolution import resolve
 from server.changes.read_model import ReadModel
 from server.rpc.convert import (
     SCOPE_TO_PROTO,
     VALUE_TYPE_TO_PROTO,
+    config_to_proto,
     scope_from_proto,
     source_scope_to_proto,
     timestamp,
     value_from_proto,
     value_to_proto,
 )
+from server.rpc.encoded import encoded
 from server.security import principal as principal_ctx
 from storage import configs
-from storage.configs import ConfigRow, HistoryRow
+from storage.configs import HistoryRow
 from storage.db import Database
 
 MAX_RESOLVE_KEYS = 1000
-
-
-def config_to_proto(row: ConfigRow) -> config_pb2.Config:
-    return config_pb2.Config(
-        key=row.key,
-        scope=SCOPE_TO_PROTO[Scope(row.scope)],
-        tenant_id=row.tenant_id or "",
-        node_id=row.node_id or "",
-        value=value_to_proto(row.typed_value),
-        description=row.description or "",
-        archived=row.is_archived,
-        update_time=timestamp(row.updated_at),
-        etag=format_etag(row.version),
-    )
 
 
 def _history_to_proto(row: HistoryRow) -> config_pb2.ConfigHistoryEntry:
@@ -138,11 +127,11 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         # Resolution answers from memory when set (server/changes/read_model.py); writes feed it.
         self.read_model = read_model
 
-    def _wrote(self, row: ConfigRow) -> ConfigRow:
+    def _wrote(self, config: ConfigChanged) -> ConfigChanged:
         """Read-your-writes: this process resolves with the new state from now on."""
         if self.read_model is not None:
-            self.read_model.apply_config_row(row)
-        return row
+            self.read_model.apply(config)
+        return config
 
     def _actor(self) -> str | None:
         return principal_ctx.current().subject
@@ -157,7 +146,7 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
     ) -> config_pb2.GetConfigResponse:
         _, target = _target(request, for_write=False)
         row = await configs.get(self.db, target)
-        return config_pb2.GetConfigResponse(config=config_to_proto(row))
+        return config_pb2.GetConfigResponse(config=config_to_proto(row.event()))
 
     async def ListConfigs(
         self, request: config_pb2.ListConfigsRequest, context: grpc.aio.ServicerContext
@@ -189,7 +178,7 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
             limit=limit + 1,
         )
         response = config_pb2.ListConfigsResponse(
-            configs=[config_to_proto(r) for r in rows[:limit]]
+            configs=[config_to_proto(r.event()) for r in rows[:limit]]
         )
         if len(rows) > limit:
             last = rows[limit - 1]
@@ -259,17 +248,21 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
     async def ResolveConfigs(
         self, request: config_pb2.ResolveConfigsRequest, context: grpc.aio.ServicerContext
     ) -> config_pb2.ResolveConfigsResponse:
+        """The answer as a message; over gRPC its encoded twin below serves the call."""
+        encoded_answer = await self.ResolveConfigsEncoded(request, context)
+        return config_pb2.ResolveConfigsResponse.FromString(encoded_answer)
+
+    @encoded
+    async def ResolveConfigsEncoded(
+        self, request: config_pb2.ResolveConfigsRequest, context: grpc.aio.ServicerContext
+    ) -> bytes:
         if len(request.keys) > MAX_RESOLVE_KEYS:
             raise InvalidArgument.field("keys", f"at most {MAX_RESOLVE_KEYS} keys per call")
         keys = sorted(set(request.keys)) if request.keys else sorted(config_keys.ALLOW_LIST)
         specs = [config_keys.spec_for(f"keys[{i}]", k) for i, k in enumerate(keys)]
         tenant, node = self._resolve_scope("tenant_id", request.tenant_id, request.node_id)
         if self.read_model is not None:
-            # Encoded bytes, passed through by the pipeline (see server/changes/read_model.py).
-            return cast(
-                config_pb2.ResolveConfigsResponse,
-                self.read_model.resolve_configs(specs, tenant, node),
-            )
+            return self.read_model.resolve_configs(specs, tenant, node)
         live = await configs.live_values_for(self.db, keys, tenant, node)
         response = config_pb2.ResolveConfigsResponse()
         for spec in specs:
@@ -279,7 +272,7 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
                 value=value_to_proto(value),
                 source_scope=source_scope_to_proto(scope),
             )
-        return response
+        return response.SerializeToString()
 
     async def ListConfigHistory(
         self, request: config_pb2.ListConfigHistoryRequest, context: grpc.aio.ServicerContext
