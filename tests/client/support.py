@@ -12,7 +12,7 @@ from typing import Any
 
 from platform_admin_client import Change, Client
 
-HEARTBEAT_S = 0.5  # the test servers' watch heartbeat (settings fixture below)
+HEARTBEAT_S = 1.0  # the test servers' watch heartbeat (settings fixture below)
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 15.0, what: str = "") -> None:

@@ -26,7 +26,7 @@ def main() -> None:
         versions.append(change.state.version if change.state else 0)
         changed.set()
 
-    with Client(target, heartbeat_interval_s=0.5) as client:
+    with Client(target, heartbeat_interval_s=1.0) as client:
         ready = client.wait_ready(15)
         client.on_change(on_change, keys=["sync.flag"])
         say(

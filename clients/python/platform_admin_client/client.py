@@ -26,7 +26,7 @@ from platform_admin.v1 import health_pb2
 
 from domain.config_keys import ConfigValue, Scope
 from domain.flags import Evaluation
-from domain.read_model import FlagState
+from domain.read_state import FlagState
 from platform_admin_client.connection import Connection, Token, credentials_for
 from platform_admin_client.core import Core, Listener, StateListener
 from platform_admin_client.errors import ServerError, UnknownKey

@@ -1,6 +1,6 @@
 """Wire messages to the domain's states, and both to the JSON of a saved snapshot.
 
-The local copy holds :mod:`domain.read_model` states (the same types the server's read
+The local copy holds :mod:`domain.read_state` states (the same types the server's read
 model holds), so evaluation and resolution run the server's own rules on them.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 from platform_admin.v1 import config_pb2, flag_pb2
 
 from domain.config_keys import ConfigKeySpec, ConfigValue, Scope, ValueType
-from domain.read_model import ConfigState, FlagState, tenant_set
+from domain.read_state import ConfigState, FlagState, tenant_set
 
 _SCOPES = {
     config_pb2.CONFIG_SCOPE_PLATFORM: Scope.PLATFORM,
@@ -102,6 +102,17 @@ def flag_to_json(state: FlagState) -> dict[str, Any]:
     }
 
 
+def flag_from_json(data: dict[str, Any]) -> FlagState:
+    return FlagState(
+        key=data["key"],
+        default_enabled=bool(data["default_enabled"]),
+        enabled=tenant_set([sys.intern(t) for t in data["enabled_tenant_ids"]]),
+        disabled=tenant_set([sys.intern(t) for t in data["disabled_tenant_ids"]]),
+        archived=bool(data["archived"]),
+        version=int(data["version"]),
+    )
+
+
 def config_to_json(state: ConfigState) -> dict[str, Any]:
     return {
         "key": state.key,
@@ -112,6 +123,21 @@ def config_to_json(state: ConfigState) -> dict[str, Any]:
         "archived": state.archived,
         "version": state.version,
     }
+
+
+def config_from_json(data: dict[str, Any]) -> ConfigState:
+    value = data["value"]
+    if not isinstance(value, int | str):  # bool is an int
+        raise ValueError(f"config value of {data['key']} is not int, bool or str")
+    return ConfigState(
+        key=data["key"],
+        scope=Scope(data["scope"]),
+        tenant_id=data.get("tenant_id") or None,
+        node_id=data.get("node_id") or None,
+        value=value,
+        archived=bool(data["archived"]),
+        version=int(data["version"]),
+    )
 
 
 def spec_to_json(spec: ConfigKeySpec) -> dict[str, Any]:

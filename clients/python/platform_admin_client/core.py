@@ -18,7 +18,7 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from domain.config_keys import ConfigKeySpec
-from domain.read_model import ConfigState, FlagState
+from domain.read_state import ConfigState, FlagState
 from platform_admin_client.connection import Connection
 from platform_admin_client.errors import ServerError
 from platform_admin_client.health import Heartbeats

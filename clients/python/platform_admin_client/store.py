@@ -9,7 +9,7 @@ Flags are answered through a per-flag entry derived once, when the flag changes,
 :func:`domain.flags.evaluate` (the server's rule): the evaluation of a tenant named in
 neither list, and that of every named tenant. ``is_enabled`` is then one dictionary
 look-up and one set membership test. Configs are resolved by the server's read-model
-state (:class:`domain.read_model.ReadState`), NODE > TENANT > PLATFORM > default.
+state (:class:`domain.read_state.ReadState`), NODE > TENANT > PLATFORM > default.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from domain.config_keys import ConfigKeySpec
-from domain.read_model import ConfigState, FlagState, ReadState
+from domain.read_state import ConfigState, FlagState, ReadState
 from platform_admin_client import convert
 
 SNAPSHOT_FORMAT = 1
@@ -161,8 +161,8 @@ class LocalCopy:
         if data.get("format") != SNAPSHOT_FORMAT:
             raise ValueError(f"unsupported snapshot format {data.get('format')!r}")
         copy = cls()
-        copy.flags = FlagTable(FlagState.from_payload(f) for f in data["flags"])
-        copy.configs = ConfigTable(ConfigState.from_payload(c) for c in data["configs"])
+        copy.flags = FlagTable(convert.flag_from_json(f) for f in data["flags"])
+        copy.configs = ConfigTable(convert.config_from_json(c) for c in data["configs"])
         copy.specs = {
             spec.key: spec for spec in (convert.spec_from_json(k) for k in data["config_keys"])
         }

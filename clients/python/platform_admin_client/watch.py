@@ -26,7 +26,7 @@ import grpc
 from platform_admin.v1 import config_pb2, config_pb2_grpc, flag_pb2, flag_pb2_grpc
 
 from domain.config_keys import ConfigKeySpec
-from domain.read_model import ConfigState, FlagState
+from domain.read_state import ConfigState, FlagState
 from platform_admin_client import convert
 from platform_admin_client.connection import Connection
 from platform_admin_client.errors import ServerError, server_error
