@@ -10,14 +10,16 @@ What it does (a few minutes):
    called one after the other from the same process (each call waits for its answer).
 3. Memory: a fresh process holding one READY client with all 10,000 flags and every
    config row; the growth of its resident set and of Python's heap (tracemalloc).
-4. Latency: a second database with 20 flags and a server on it; 1,000 clients in this
-   process (four background threads of 250) all watching it; one flag changed every
-   ``BENCH_CLIENT_INTERVAL_MS`` through UpdateFlag; latency = the client's ``on_change``
-   call - the moment UpdateFlag returned. The clients' own cost of receiving 1,000
-   messages per change runs on this machine too.
+4. Latency: a second database with 20 flags and a server on it; 1,000 clients (each with
+   its own connection and both streams) in ``BENCH_CLIENT_PROCESSES`` child processes
+   (default 4, two loop threads each); one flag changed every ``BENCH_CLIENT_INTERVAL_MS``
+   through UpdateFlag; latency = the client's ``on_change`` call - the moment UpdateFlag
+   returned (CLOCK_MONOTONIC, one clock for all processes). The clients' own cost of
+   receiving 1,000 messages per change runs on the same machine as the server.
 
 Environment: BENCH_CLIENT_SECONDS (default 2), BENCH_CLIENT_CLIENTS (default 1000),
-BENCH_CLIENT_CHANGES (default 40), BENCH_CLIENT_INTERVAL_MS (default 200), DATABASE_URL.
+BENCH_CLIENT_PROCESSES (default 4), BENCH_CLIENT_CHANGES (default 40),
+BENCH_CLIENT_INTERVAL_MS (default 200), DATABASE_URL.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,7 +47,9 @@ CLIENTS = int(os.environ.get("BENCH_CLIENT_CLIENTS", "1000"))
 CHANGES = int(os.environ.get("BENCH_CLIENT_CHANGES", "40"))
 INTERVAL_S = int(os.environ.get("BENCH_CLIENT_INTERVAL_MS", "200")) / 1000
 N_FLAGS = 10_000
-THREADS = 4
+PROCESSES = int(os.environ.get("BENCH_CLIENT_PROCESSES", "4"))
+THREADS_PER_PROCESS = 2
+LATENCY_KEY = "bench.flag-0"
 
 
 def _rate(call: object, pairs: list[tuple[str, str]], seconds: float) -> float:
@@ -136,49 +139,83 @@ def memory(port: int) -> dict[str, float]:
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-def latency(port: int) -> tuple[list[float], int, int]:
-    """Commit -> on_change latencies (s), deliveries missing, clients READY."""
+def subscribers_child(port: int, count: int) -> None:
+    """Runs in a child process: ``count`` clients; reports READY, then every on_change time."""
     received: dict[int, list[float]] = {}
     lock = threading.Lock()
-    key = "bench.flag-0"
 
     def listener(change: Change) -> None:
-        at = time.monotonic()
+        at = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process of the machine
         if change.state is not None:
             with lock:
                 received.setdefault(change.state.version, []).append(at)
 
-    threads = [LoopThread(f"bench-client-{i}") for i in range(THREADS)]
+    threads = [LoopThread(f"bench-client-{i}") for i in range(THREADS_PER_PROCESS)]
     clients = []
+    for i in range(count):
+        client = Client(f"127.0.0.1:{port}", loop_thread=threads[i % len(threads)])
+        client.on_change(listener, keys=[LATENCY_KEY])
+        clients.append(client)
+    deadline = time.monotonic() + 240
+    ready = sum(c.wait_ready(max(0.0, deadline - time.monotonic())) for c in clients)
+    print(json.dumps({"ready": ready}), flush=True)
+    sys.stdin.readline()  # the parent is done writing
+    with lock:
+        print(json.dumps({"received": received}), flush=True)
+    for client in clients:
+        client.close()
+    for thread in threads:
+        thread.stop()
+
+
+def latency(port: int) -> tuple[list[float], int, int]:
+    """Commit -> on_change latencies (s), deliveries missing, clients READY."""
+    share = [CLIENTS // PROCESSES + (i < CLIENTS % PROCESSES) for i in range(PROCESSES)]
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "bench.client", "--subscribers", str(port), str(n)],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for n in share
+    ]
     try:
-        for i in range(CLIENTS):
-            client = Client(f"127.0.0.1:{port}", loop_thread=threads[i % THREADS])
-            client.on_change(listener, keys=[key])
-            clients.append(client)
-        deadline = time.monotonic() + 180
         ready = 0
-        for client in clients:
-            ready += client.wait_ready(max(0.0, deadline - time.monotonic()))
-        say(f"{ready} of {CLIENTS} clients READY")
+        for child in children:
+            assert child.stdout is not None
+            ready += json.loads(child.stdout.readline())["ready"]
+        say(f"{ready} of {CLIENTS} clients READY in {PROCESSES} processes")
         committed: dict[int, float] = {}
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = flag_pb2_grpc.FlagServiceStub(channel)
             for i in range(CHANGES):
                 answer = stub.UpdateFlag(
-                    flag_pb2.UpdateFlagRequest(key=key, description=f"change {i}"), timeout=10
+                    flag_pb2.UpdateFlagRequest(key=LATENCY_KEY, description=f"change {i}"),
+                    timeout=10,
                 )
                 committed[int(answer.flag.etag)] = time.monotonic()
                 time.sleep(INTERVAL_S)
-        time.sleep(2.0)
-        with lock:
-            samples = [at - committed[v] for v, times in received.items() for at in times]
-            missing = sum(max(0, ready - len(received.get(v, []))) for v in committed)
+        time.sleep(3.0)
+        received: dict[int, list[float]] = {}
+        for child in children:
+            assert child.stdin is not None and child.stdout is not None
+            child.stdin.write("done\n")
+            child.stdin.flush()
+            for version, times in json.loads(child.stdout.readline())["received"].items():
+                received.setdefault(int(version), []).extend(times)
+        samples = [
+            at - committed[v] for v, times in received.items() if v in committed for at in times
+        ]
+        missing = sum(max(0, ready - len(received.get(v, []))) for v in committed)
         return samples, missing, ready
     finally:
-        for client in clients:
-            client.close()
-        for thread in threads:
-            thread.stop()
+        for child in children:
+            try:
+                child.wait(30)
+            except subprocess.TimeoutExpired:
+                child.kill()
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -207,6 +244,7 @@ def main() -> int:
             server.stop()
         server = start_service(latency_url, workdir)
         try:
+            small = memory(server.port)  # the same client with 20 flags: its fixed cost
             say(f"commit -> on_change with {CLIENTS} clients")
             samples, missing, ready = latency(server.port)
         finally:
@@ -224,11 +262,13 @@ def main() -> int:
         f" {_pct(samples, 0.99) * 1000:.1f} | {max(samples, default=0) * 1000:.1f} |"
     )
     print()
-    print(
-        f"memory of one client with {mem['flags']:,} flags and {mem['rows']:,} config rows:"
-        f" Python heap {mem['heap'] / 2**20:.1f} MB, resident set +{mem['rss'] / 1024:.1f} MB"
-    )
-    print(f"(median p50 sanity: {statistics.median(samples) * 1000 if samples else 0:.1f} ms)")
+    print("| one client holding | Python heap MB | resident set growth MB |")
+    print("|---|---:|---:|")
+    for m in (small, mem):
+        print(
+            f"| {m['flags']:,} flags, {m['rows']:,} config rows |"
+            f" {m['heap'] / 2**20:.1f} | {m['rss'] / 1024:.1f} |"
+        )
     ok = missing == 0 and all(local >= 1_000_000 for _, local, _ in rates[:1])
     return 0 if ok else 1
 
@@ -236,5 +276,7 @@ def main() -> int:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--memory":
         memory_child(int(sys.argv[2]))
+    elif len(sys.argv) == 4 and sys.argv[1] == "--subscribers":
+        subscribers_child(int(sys.argv[2]), int(sys.argv[3]))
     else:
         sys.exit(main())
