@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 from platform_admin.v1 import config_pb2, config_pb2_grpc, flag_pb2, flag_pb2_grpc
-from platform_admin_client import Reason, Scope, State, UnknownKey
+from platform_admin_client import Client, Reason, Scope, State, UnknownKey
 
 from server.app import App
 from tests.client.support import Recorder, client_for, eventually
@@ -100,3 +100,15 @@ async def test_bootstrap_answers_without_the_server_then_catches_up(
         await eventually(lambda: not client.is_enabled("beta", TENANT_A), what="catch-up")
         assert seen.versions() == [("beta", 2)]  # resumed from the file's cursor
         assert await client.ready(15)
+
+
+def test_a_corrupt_bootstrap_file_is_a_clear_error_and_a_missing_one_starts_empty(
+    tmp_path: Path,
+) -> None:
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text('{"format": 1, "flags": [{"key": "x"}]')
+    with pytest.raises(ValueError, match="is not a platform-admin client snapshot"):
+        Client("127.0.0.1:1", bootstrap=corrupt)
+    with Client("127.0.0.1:1", bootstrap=tmp_path / "absent.json") as empty:
+        assert empty.state is State.STALE
+        assert empty.is_enabled("any", "01JA0000000000000000000AAA", default=True)

@@ -202,7 +202,9 @@ class Client:
         """Calls ``callback(change)`` once per applied change (of ``keys`` only, if given).
 
         Called on the client's background thread, in commit order; keep it short (hand
-        work to your own thread or loop, e.g. ``loop.call_soon_threadsafe``).
+        work to your own thread or loop, e.g. ``loop.call_soon_threadsafe``). The first
+        snapshot of a client started without ``bootstrap`` is its starting point, not a
+        change; after a bootstrap file or a resync, each row that differs is one change.
         """
         self._core.add_listener(callback, keys)
 
