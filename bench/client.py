@@ -40,7 +40,7 @@ from platform_admin.v1 import config_pb2, config_pb2_grpc, flag_pb2, flag_pb2_gr
 from platform_admin_client import Change, Client, LoopThread
 
 from bench import hot_path, watch
-from bench.hot_path import ROOT, bench_server_url, own_database, say, start_service
+from bench.harness import ROOT, bench_server_url, own_database, say, start_service
 
 SECONDS = float(os.environ.get("BENCH_CLIENT_SECONDS", "2"))
 CLIENTS = int(os.environ.get("BENCH_CLIENT_CLIENTS", "1000"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TypedDict
+from typing import TypedDict, TypeVar
 
 from domain.health import DEFAULT_ALLOWED_HOSTS, AllowList
 from storage.db import PoolSettings
@@ -22,30 +22,30 @@ class SettingsError(ValueError):
     """A setting is missing or malformed; the message names it."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+N = TypeVar("N", int, float)
+
+
+def _number(
+    env: Mapping[str, str], name: str, default: N, lo: N, hi: N, parse: type[N], kind: str
+) -> N:
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = int(raw)
+        value = parse(raw)
     except ValueError:
-        raise SettingsError(f"{name}={raw!r}: expected an integer") from None
+        raise SettingsError(f"{name}={raw!r}: expected {kind}") from None
     if not lo <= value <= hi:
         raise SettingsError(f"{name}={value}: expected {lo}..{hi}")
     return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    return _number(env, name, default, lo, hi, int, "an integer")
 
 
 def _float(env: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r}: expected a number") from None
-    if not lo <= value <= hi:
-        raise SettingsError(f"{name}={value}: expected {lo}..{hi}")
-    return value
+    return _number(env, name, default, lo, hi, float, "a number")
 
 
 def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:

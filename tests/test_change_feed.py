@@ -19,7 +19,7 @@ import pytest
 from domain import events
 from domain.config_keys import Scope
 from domain.events import ChangeEvent, ConfigChanged, FlagChanged
-from server.app import pool_settings
+from server.app import cancel_all, pool_settings
 from server.changes.feed import (
     NOW,
     SNAPSHOT,
@@ -72,8 +72,7 @@ async def harness(db_url: str, settings: Settings) -> AsyncIterator[Harness]:
     try:
         yield Harness(db, tail, feed)
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await cancel_all([task])  # re-cancels: a single cancel can be lost (server/app.py)
         await db.close()
 
 

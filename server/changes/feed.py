@@ -71,17 +71,20 @@ NOW = Start.NOW
 
 
 @dataclass(frozen=True, slots=True)
-class Live:
-    """Caught up: events up to ``position`` were delivered; the tail's follow from here."""
-
-    position: int
+class _At:
+    position: int  # every event up to this seq was delivered (or filtered out)
 
 
-@dataclass(frozen=True, slots=True)
-class Idle:
-    """Nothing new for ``idle_s``: every event up to ``position`` was delivered."""
+class Live(_At):
+    """Caught up with the tail, which delivers from here on."""
 
-    position: int
+    __slots__ = ()
+
+
+class Idle(_At):
+    """Nothing new for ``idle_s`` while following."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,10 +16,8 @@ from domain import config_keys, paging
 from domain.config_keys import ConfigTarget, Scope
 from domain.errors import InvalidArgument, NotFound, PermissionDenied
 from domain.etags import parse_etag
-from domain.events import ConfigChanged
 from domain.ids import CONFIG_HISTORY, check_ulid, with_prefix
 from domain.resolution import resolve
-from server.changes.read_model import ReadModel
 from server.rpc.convert import (
     SCOPE_TO_PROTO,
     VALUE_TYPE_TO_PROTO,
@@ -31,10 +29,10 @@ from server.rpc.convert import (
     value_to_proto,
 )
 from server.rpc.encoded import encoded
+from server.rpc.read_your_writes import ReadYourWrites
 from server.security import principal as principal_ctx
 from storage import configs
 from storage.configs import HistoryRow
-from storage.db import Database
 
 MAX_RESOLVE_KEYS = 1000
 
@@ -115,27 +113,7 @@ class ConfigWatch(Protocol):
     ) -> AsyncIterator[config_pb2.WatchConfigsResponse]: ...
 
 
-class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
-    def __init__(
-        self,
-        db: Database,
-        watch: ConfigWatch | None = None,
-        read_model: ReadModel | None = None,
-    ) -> None:
-        self.db = db
-        self.watch = watch
-        # Resolution answers from memory when set (server/changes/read_model.py); writes feed it.
-        self.read_model = read_model
-
-    def _wrote(self, config: ConfigChanged) -> ConfigChanged:
-        """Read-your-writes: this process resolves with the new state from now on."""
-        if self.read_model is not None:
-            self.read_model.apply(config)
-        return config
-
-    def _actor(self) -> str | None:
-        return principal_ctx.current().subject
-
+class ConfigServicer(ReadYourWrites[ConfigWatch], config_pb2_grpc.ConfigServiceServicer):
     async def ListConfigKeys(
         self, request: config_pb2.ListConfigKeysRequest, context: grpc.aio.ServicerContext
     ) -> config_pb2.ListConfigKeysResponse:
@@ -201,25 +179,25 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         )
         return config_pb2.SetConfigResponse(config=config_to_proto(row))
 
+    async def _set_archived(
+        self,
+        request: config_pb2.ArchiveConfigRequest | config_pb2.UnarchiveConfigRequest,
+        archived: bool,
+    ) -> config_pb2.Config:
+        _, target = _target(request, for_write=True)
+        expected = parse_etag("etag", request.etag)
+        changed = await configs.set_archived(self.db, target, archived, expected, self._actor())
+        return config_to_proto(self._wrote(changed))
+
     async def ArchiveConfig(
         self, request: config_pb2.ArchiveConfigRequest, context: grpc.aio.ServicerContext
     ) -> config_pb2.ArchiveConfigResponse:
-        _, target = _target(request, for_write=True)
-        expected = parse_etag("etag", request.etag)
-        row = self._wrote(
-            await configs.set_archived(self.db, target, True, expected, self._actor())
-        )
-        return config_pb2.ArchiveConfigResponse(config=config_to_proto(row))
+        return config_pb2.ArchiveConfigResponse(config=await self._set_archived(request, True))
 
     async def UnarchiveConfig(
         self, request: config_pb2.UnarchiveConfigRequest, context: grpc.aio.ServicerContext
     ) -> config_pb2.UnarchiveConfigResponse:
-        _, target = _target(request, for_write=True)
-        expected = parse_etag("etag", request.etag)
-        row = self._wrote(
-            await configs.set_archived(self.db, target, False, expected, self._actor())
-        )
-        return config_pb2.UnarchiveConfigResponse(config=config_to_proto(row))
+        return config_pb2.UnarchiveConfigResponse(config=await self._set_archived(request, False))
 
     def _resolve_scope(
         self, tenant_field: str, tenant_id: str, node_id: str

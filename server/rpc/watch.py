@@ -28,7 +28,7 @@ import grpc
 from google.protobuf.message import Message
 from platform_admin.v1 import config_pb2, flag_pb2, watch_pb2
 
-from domain import config_keys, cursor, events
+from domain import config_keys, cursor
 from domain.errors import DomainError, InvalidArgument, ResourceExhausted, Unavailable
 from domain.events import ChangeEvent, ConfigChanged, FlagChanged
 from domain.flags import check_key
@@ -60,29 +60,16 @@ C = TypeVar("C", FlagChanged, ConfigChanged)
 class StreamKind(Generic[C]):
     """What differs between WatchFlags and WatchConfigs; everything else is shared."""
 
-    name: str
-    subject: str
-    change: type[C]
+    name: str  # metrics label
+    change: type[C]  # the event this stream carries (its subject is the change's)
     response: Callable[..., Message]
-    changed_field: str
+    changed_field: str  # the response field of a change message
     to_proto: Callable[[C], Message]
 
 
-FLAGS = StreamKind(
-    name="flags",
-    subject=events.FLAG_CHANGED,
-    change=FlagChanged,
-    response=flag_pb2.WatchFlagsResponse,
-    changed_field="flag_changed",
-    to_proto=flag_to_proto,
-)
+FLAGS = StreamKind("flags", FlagChanged, flag_pb2.WatchFlagsResponse, "flag_changed", flag_to_proto)
 CONFIGS = StreamKind(
-    name="configs",
-    subject=events.CONFIG_CHANGED,
-    change=ConfigChanged,
-    response=config_pb2.WatchConfigsResponse,
-    changed_field="config_changed",
-    to_proto=config_to_proto,
+    "configs", ConfigChanged, config_pb2.WatchConfigsResponse, "config_changed", config_to_proto
 )
 
 
@@ -279,7 +266,7 @@ class Watch:
                 cursor.check_position(after, state.pruned_seq, head)
             sub.subscription = self.feed.subscribe(
                 after,
-                subjects=[kind.subject],
+                subjects=[kind.change.subject],
                 accept=accept,
                 queue_limit=self.queue_limit,
                 idle_s=self.heartbeat_s,
