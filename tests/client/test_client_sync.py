@@ -71,9 +71,9 @@ async def test_snapshot_then_changes_reach_the_answers_and_the_listener_once_in_
         assert client.config(IDLE, TENANT_A) == 45
         assert client.resolve(IDLE, TENANT_A).scope is Scope.TENANT
         assert client.config(IDLE, TENANT_B) == 30
-        await asyncio.sleep(1.5)  # heartbeats keep it READY, nothing is delivered twice
-        assert client.state is State.READY
-        assert len(seen.changes) == 4
+        await asyncio.sleep(2.5)  # idle past the STALE threshold: heartbeats keep it READY
+        assert await client.ready(5)
+        assert len(seen.changes) == 4  # and nothing was delivered twice
 
 
 async def test_bootstrap_answers_without_the_server_then_catches_up(
