@@ -9,15 +9,21 @@ CHROMIUM ?= /usr/bin/chromium
 PROTO_FILES := $(shell find protos -name '*.proto' | sort)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run migrate test test-faults test-browser lint generate check-generated bench bench-watch bench-health bench-relay soak clean
+.PHONY: help install run migrate test test-faults test-browser lint generate check-generated bench bench-watch bench-health bench-relay bench-client soak clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+PYPROJECTS := pyproject.toml generated/pyproject.toml domain/pyproject.toml clients/python/pyproject.toml
+
+# Four distributions, all editable: the stubs, the domain rules, the client library, the service.
+# The service and the client name the stubs and the rules by path, which pip will not match
+# with an editable install in the same command: the second command makes those two editable.
+$(STAMP): $(PYPROJECTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e './clients/python[openfeature]' -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps -e ./generated -e ./domain
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install the service with its dev tools
@@ -44,8 +50,8 @@ test-browser: $(BROWSER_STAMP) ## Console tests in headless chromium (installs D
 
 lint: $(STAMP) ## buf lint + format, ruff, mypy
 	cd protos && ../$(BIN)/buf lint && ../$(BIN)/buf format -d --exit-code
-	$(BIN)/ruff check server storage domain tests bench
-	$(BIN)/ruff format --check server storage domain tests bench
+	$(BIN)/ruff check server storage domain tests bench clients/python/platform_admin_client
+	$(BIN)/ruff format --check server storage domain tests bench clients/python/platform_admin_client
 	$(BIN)/mypy
 
 generate: $(STAMP) ## Regenerate generated/ from protos/
@@ -88,6 +94,9 @@ bench-health: $(STAMP) ## 5 million check results: ListCheckResults and GetPlatf
 
 bench-relay: $(STAMP) ## Outbox relay: publish rate vs a raw nats-py loop, commit-to-consumer latency at 200/s
 	$(BIN)/python -m bench.relay
+
+bench-client: $(STAMP) ## Client library: local answers vs RPC, commit-to-on_change at 1,000 clients, memory
+	$(BIN)/python -m bench.client
 
 soak: $(STAMP) ## Mixed-load soak, default 5 minutes (SOAK_SECONDS to change)
 	$(BIN)/python -m bench.soak
