@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from domain.errors import Collector, InvalidArgument
+from domain.text import has_control
 
 
 class Status(StrEnum):
@@ -68,7 +69,7 @@ IMMUTABLE_FIELDS = ("id", "service_id")
 def check_service_id(field: str, value: str) -> str:
     if not value:
         raise InvalidArgument.field(field, "is required")
-    if not SERVICE_ID_RE.match(value):
+    if not SERVICE_ID_RE.fullmatch(value):
         raise InvalidArgument.field(
             field, "must match ^[a-z][a-z0-9-]{0,99}$ (lower-case letter, then a-z, 0-9, '-')"
         )
@@ -101,7 +102,7 @@ def parse_health_url(field: str, url: str) -> ProbeTarget:
         raise InvalidArgument.field(field, "is required")
     if len(url) > MAX_URL_LENGTH:
         raise InvalidArgument.field(field, f"must be at most {MAX_URL_LENGTH} characters")
-    if not url.isascii() or any(c.isspace() or ord(c) < 0x20 for c in url):
+    if not url.isascii() or has_control(url) or " " in url:
         raise InvalidArgument.field(field, "must be an ASCII URL without spaces")
     try:
         parts = urlsplit(url)
@@ -212,7 +213,7 @@ class AllowList:
                 continue
             except ValueError:
                 pass
-            if not _HOST_PATTERN_RE.match(entry):
+            if not _HOST_PATTERN_RE.fullmatch(entry):
                 raise ValueError(f"{raw.strip()!r} is neither an IP network nor a host name")
             names.append(entry)
         return cls(tuple(networks), tuple(names), any_host)

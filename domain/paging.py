@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from domain.errors import InvalidArgument
+from domain.text import urlsafe_b64decode_strict
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -45,8 +46,7 @@ def decode(token: str, kind: str, filters: Any, arity: int) -> list[Any] | None:
     if len(token) > _MAX_TOKEN_LENGTH:
         raise bad
     try:
-        padded = token + "=" * (-len(token) % 4)
-        body = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+        body = json.loads(urlsafe_b64decode_strict(token))
     except (ValueError, UnicodeError):
         raise bad from None
     if not isinstance(body, dict) or body.get("f") != _fingerprint(kind, filters):
