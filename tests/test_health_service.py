@@ -569,3 +569,56 @@ async def test_registration_follows_the_configured_allow_list(db_url, settings, 
             await create(stub, "ledger", "grpc://ledger.prod.svc.cluster.local:9090")
     finally:
         await app.stop(grace=0)
+
+
+# Cloud metadata and link-local addresses, in the forms a URL can spell them.
+NEVER_PROBED = [
+    "http://[fd00:ec2::254]/latest/meta-data/iam/security-credentials/",  # AWS IPv6 IMDS
+    "http://169.254.169.254/latest/meta-data/",  # AWS, GCP, Azure IPv4 metadata
+    "http://[fd20:ce::254]/computeMetadata/v1/",  # GCP IPv6 metadata
+    "http://100.100.100.200/latest/meta-data/",  # Alibaba Cloud
+    "http://[fe80::1]/h",  # IPv6 link-local
+    "http://[::ffff:169.254.169.254]/latest/",  # IPv4-mapped
+    "http://[64:ff9b::a9fe:a9fe]/latest/",  # NAT64 of 169.254.169.254
+    "grpc://169.254.170.2:80",  # ECS task metadata
+    "http://0.0.0.0:8080/h",  # reaches the local host on Linux
+]
+
+
+@pytest.mark.parametrize(
+    "allowed",
+    [
+        pytest.param(None, id="default-list"),
+        pytest.param(("*",), id="anything"),
+        pytest.param(("169.254.0.0/16", "fc00::/7", "fe80::/10", "0.0.0.0/0", "::/0"), id="listed"),
+    ],
+)
+async def test_metadata_and_link_local_addresses_are_refused_whatever_the_list(
+    db_url, settings, sql, allowed
+):
+    from server.app import App
+
+    if allowed is not None:
+        settings = replace(settings, probe_allowed_hosts=allowed)
+    app = App(settings, db_url)
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = health_pb2_grpc.HealthServiceStub(channel)
+            for url in NEVER_PROBED:
+                failure = await expect_error(
+                    create(stub, url=url), grpc.StatusCode.INVALID_ARGUMENT, "health_url"
+                )
+                assert "never probed" in failure.message, url
+            source = await create(stub, url="http://127.0.0.1:8080/h")
+            for url in NEVER_PROBED[:2]:
+                await expect_error(
+                    stub.UpdateHealthSource(
+                        pb.UpdateHealthSourceRequest(id=source.id, health_url=url)
+                    ),
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "health_url",
+                )
+            assert counts(sql)[0] == 1
+    finally:
+        await app.stop(grace=0)
