@@ -28,7 +28,7 @@ from server.rpc.access_log import AccessLog
 from server.rpc.config_service import ConfigServicer
 from server.rpc.flag_service import FlagServicer
 from server.rpc.health_service import HealthServicer
-from server.rpc.pipeline import AllowAll, Authorizer, CallObserver, Pipeline
+from server.rpc.pipeline import Authorizer, CallObserver, Pipeline
 from server.rpc.watch import Watch
 from server.settings import Settings
 from storage.db import Database, PoolSettings
@@ -78,7 +78,8 @@ def server_options(reuse_port: bool) -> list[tuple[str, int]]:
 class App:
     settings: Settings
     conninfo: str
-    authorizer: Authorizer = field(default_factory=AllowAll)
+    # No default: whoever composes the server chooses (AllowAll only for dev mode and tests).
+    authorizer: Authorizer = field(kw_only=True)
     observers: list[CallObserver] = field(default_factory=list)
     credentials: grpc.ServerCredentials | None = None
     reuse_port: bool = False

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 
 from server.ops import logs, workers
-from server.rpc.pipeline import AllowAll, Authorizer
+from server.rpc.pipeline import Authorizer
 from server.security.principal import ALL_ROLES
 from server.settings import Settings, SettingsError
 from storage.db import Database
@@ -33,7 +33,7 @@ def database_url(settings: Settings) -> tuple[object | None, str]:
 async def _serve(
     settings: Settings,
     conninfo: str,
-    authorizer: Authorizer | None = None,
+    authorizer: Authorizer,
     credentials: grpc.ServerCredentials | None = None,
     reuse_port: bool = False,
 ) -> None:
@@ -46,7 +46,7 @@ async def _serve(
     app = App(
         settings,
         conninfo,
-        authorizer=authorizer or AllowAll(),
+        authorizer=authorizer,
         credentials=credentials,
         reuse_port=reuse_port,
     )

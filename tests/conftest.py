@@ -13,6 +13,7 @@ import pytest
 from platform_admin.v1 import config_pb2_grpc
 
 from server.app import App
+from server.rpc.pipeline import AllowAll
 from server.settings import Settings
 from tests.grpcurl_server import running_server  # noqa: F401  (shared fixture)
 from tests.pg import DatabaseFactory
@@ -56,7 +57,7 @@ def settings() -> Settings:
 
 @pytest.fixture
 async def app(db_url: str, settings: Settings) -> AsyncIterator[App]:
-    application = App(replace(settings), db_url)
+    application = App(replace(settings), db_url, authorizer=AllowAll())
     await application.start()
     yield application
     await stop_or_explain(application)

@@ -15,6 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from platform_admin.v1 import health_pb2 as pb
 from platform_admin.v1 import health_pb2_grpc
 
+from server.rpc.pipeline import AllowAll
 from server.settings import Settings
 from tests.helpers import expect_error
 
@@ -553,7 +554,7 @@ async def test_registration_follows_the_configured_allow_list(db_url, settings, 
     from server.app import App
 
     narrowed = replace(settings, probe_allowed_hosts=("10.20.0.0/16", "*.svc.cluster.local"))
-    app = App(narrowed, db_url)
+    app = App(narrowed, db_url, authorizer=AllowAll())
     await app.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
@@ -600,7 +601,7 @@ async def test_metadata_and_link_local_addresses_are_refused_whatever_the_list(
 
     if allowed is not None:
         settings = replace(settings, probe_allowed_hosts=allowed)
-    app = App(settings, db_url)
+    app = App(settings, db_url, authorizer=AllowAll())
     await app.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:

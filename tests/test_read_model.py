@@ -20,6 +20,7 @@ from platform_admin.v1 import config_pb2_grpc, flag_pb2_grpc
 from platform_admin.v1 import flag_pb2 as fpb
 
 from server.app import App
+from server.rpc.pipeline import AllowAll
 from server.settings import Settings
 from tests.helpers import TENANT_A, TENANT_B, expect_error
 
@@ -30,7 +31,7 @@ TENANT = cpb.CONFIG_SCOPE_TENANT
 @pytest.fixture
 async def replica(db_url: str, settings: Settings, app: App) -> AsyncIterator[App]:
     """A second server process's worth of state (pool, tail, read model) on the same database."""
-    other = App(replace(settings), db_url)
+    other = App(replace(settings), db_url, authorizer=AllowAll())
     await other.start()
     yield other
     await other.stop(grace=0)
@@ -160,7 +161,7 @@ async def test_a_replica_started_later_loads_everything_and_follows(
     async with channel:
         await flags.CreateFlag(fpb.CreateFlagRequest(key="early.flag", default_enabled=True))
         await set_pwd(configs, TENANT_A, 99)
-        late = App(replace(settings), db_url)
+        late = App(replace(settings), db_url, authorizer=AllowAll())
         await late.start()
         try:
             assert late.read_model.loaded.is_set()  # before the port answered
