@@ -20,6 +20,7 @@ from platform_admin.v1 import flag_pb2_grpc
 from domain.flags import Override, apply_override
 from server.app import App
 from server.rpc.flag_service import FlagServicer
+from server.rpc.pipeline import AllowAll, Pipeline
 from server.security.principal import PLATFORM_ADMIN, SERVICE, TENANT_ADMIN, Principal
 from server.settings import Settings
 from tests.helpers import TENANT_A, TENANT_B, expect_error
@@ -733,8 +734,9 @@ class _FakeWatch:
 
 @asynccontextmanager
 async def serving(servicer: FlagServicer) -> AsyncIterator[flag_pb2_grpc.FlagServiceStub]:
-    """``servicer`` alone on a loopback server (no pipeline, no read model), and a stub."""
-    server = grpc.aio.server()
+    """``servicer`` alone on a loopback server (no read model), and a stub. The pipeline
+    (with authentication off) binds the principal, which servicers need."""
+    server = grpc.aio.server(interceptors=[Pipeline(AllowAll(), 30.0)])
     flag_pb2_grpc.add_FlagServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
