@@ -6,6 +6,7 @@ instead of failing later in a way that hides the cause.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -74,8 +75,24 @@ def _allowed_hosts(env: Mapping[str, str], name: str) -> tuple[str, ...]:
 
 
 def is_loopback(listen: str) -> bool:
-    host = listen.rpartition(":")[0].strip("[]")
-    return host in ("localhost", "::1") or host.startswith("127.")
+    """True only for ``localhost`` or an IP address in 127.0.0.0/8 or ::1, parsed as one.
+
+    A prefix test would take ``127.corp.example`` (any host name) for loopback.
+    """
+    host, sep, _ = listen.rpartition(":")
+    if not sep:
+        return False
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
 
 
 _MIN_SECRET_BYTES = 32
