@@ -143,7 +143,12 @@ class App:
             FlagServicer(self.db, watch=self.watch, read_model=self.read_model), server
         )
         health_api_pb2_grpc.add_HealthServiceServicer_to_server(
-            HealthServicer(self.db, self.prober.config.allow_list), server
+            HealthServicer(
+                self.db,
+                self.prober.config.allow_list,
+                self.settings.record_result_min_interval_s,
+            ),
+            server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

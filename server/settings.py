@@ -193,6 +193,9 @@ class Settings:
     probe_concurrency: int = 32
     probe_enabled: bool = True
     health_prune_interval_s: float = 3600.0
+    # RecordCheckResult: at most one pushed result per source per this many seconds (0: no
+    # limit); results are kept 30 days, so an unbounded pusher would grow the table at will.
+    record_result_min_interval_s: float = 1.0
     # Security (server/security/auth.py, server/security/tls.py). auth is "jwt" or "off";
     # "off" only on loopback.
     auth: str = "off"
@@ -256,6 +259,9 @@ class Settings:
             == "true",
             health_prune_interval_s=_float(
                 env, "PLATFORM_ADMIN_HEALTH_PRUNE_INTERVAL_S", 3600.0, 1, 86_400
+            ),
+            record_result_min_interval_s=_float(
+                env, "PLATFORM_ADMIN_RECORD_RESULT_MIN_INTERVAL_S", 1.0, 0, 3600
             ),
             **_security(env),
             extra={k: v for k, v in env.items() if k.startswith("PLATFORM_ADMIN_")},

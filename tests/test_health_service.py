@@ -28,7 +28,8 @@ MISSING = "hsr_01JZZZZZZZZZZZZZZZZZZZZZZZ"
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return replace(settings, probe_enabled=False)
+    # Damping tests push results back to back: the per-source push limit has its own test.
+    return replace(settings, probe_enabled=False, record_result_min_interval_s=0)
 
 
 @pytest.fixture
@@ -621,5 +622,48 @@ async def test_metadata_and_link_local_addresses_are_refused_whatever_the_list(
                     "health_url",
                 )
             assert counts(sql)[0] == 1
+    finally:
+        await app.stop(grace=0)
+
+
+async def test_pushed_results_are_limited_per_source(db_url, settings, sql):
+    """A service token could push results without bound (16 KiB each, kept 30 days): one per
+    source per PLATFORM_ADMIN_RECORD_RESULT_MIN_INTERVAL_S, beyond that RESOURCE_EXHAUSTED."""
+    from server.app import App
+
+    interval = 0.5
+    app = App(
+        replace(settings, record_result_min_interval_s=interval), db_url, authorizer=AllowAll()
+    )
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = health_pb2_grpc.HealthServiceStub(channel)
+            billing = await create(stub, "billing")
+            ledger = await create(stub, "ledger")
+            await record(stub, billing.id, HEALTHY)
+            before = counts(sql)
+            failure = await expect_error(
+                record(stub, billing.id, UNHEALTHY, note="x" * 10_000),
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            )
+            assert failure.reason == "CHECK_RESULT_RATE_LIMITED"
+            assert "PLATFORM_ADMIN_RECORD_RESULT_MIN_INTERVAL_S" in failure.message
+            assert "retry in" in failure.message
+            assert counts(sql) == before  # nothing written, the damping counters untouched
+            await record(stub, ledger.id, HEALTHY)  # another source has its own allowance
+            # Concurrent pushes queue on the source's row lock: one gets through.
+            await asyncio.sleep(interval + 0.05)
+            outcomes = await asyncio.gather(
+                *(record(stub, billing.id, HEALTHY) for _ in range(10)), return_exceptions=True
+            )
+            refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+            assert len(refused) == 9, outcomes
+            assert {e.code() for e in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+            (stored,) = sql.execute(
+                "SELECT count(*) FROM health_check_results WHERE source_id = %s",
+                (billing.id[4:],),
+            ).fetchone()
+            assert stored == 2
     finally:
         await app.stop(grace=0)
