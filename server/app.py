@@ -19,6 +19,7 @@ from platform_admin.v1 import config_pb2, config_pb2_grpc, flag_pb2, flag_pb2_gr
 from platform_admin.v1 import health_pb2 as health_api_pb2
 from platform_admin.v1 import health_pb2_grpc as health_api_pb2_grpc
 
+from server.changes.feed import ChangeFeed
 from server.changes.read_model import ReadModel
 from server.changes.tail import Sequencer, Tail
 from server.ops import metrics
@@ -93,7 +94,10 @@ class App:
         self.sequencer = Sequencer(self.db)
         self.sequencer.on_sequenced = lambda _top: self.tail.wake()
         self.db.after_commit = self.sequencer.wake
-        self.watch = Watch(self.db, self.tail, heartbeat_s=self.settings.watch_heartbeat_s)
+        # The one way to consume the stream: every consumer subscribes here
+        # (server/changes/feed.py; docs/adr/0006-change-events-and-subscriptions.md).
+        self.changes = ChangeFeed(self.db, self.tail)
+        self.watch = Watch(self.db, self.changes, heartbeat_s=self.settings.watch_heartbeat_s)
         # Metrics and the access log see every call; observers passed in come after them.
         self.observers = [
             RpcMetrics(),
@@ -107,7 +111,7 @@ class App:
         # The /metrics listener; `serve` starts it (tests may too).
         self.metrics = MetricsServer(self.db)
         # Every flag and config in memory, fed by the tail: Evaluate*/Resolve* never query.
-        self.read_model = ReadModel(self.db, self.tail)
+        self.read_model = ReadModel(self.db, self.changes)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port = 0

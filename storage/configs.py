@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 import psycopg
 from psycopg.rows import class_row
@@ -13,6 +12,7 @@ from domain import config_keys
 from domain.config_keys import ConfigTarget, ConfigValue, Scope
 from domain.errors import Aborted, FailedPrecondition, NotFound
 from domain.etags import check_etag
+from domain.events import ConfigChanged
 from domain.ids import new_ulid
 from storage import outbox, retention
 from storage.db import Database
@@ -34,19 +34,19 @@ class ConfigRow:
     def typed_value(self) -> ConfigValue:
         return config_keys.deserialize(self.value)
 
-    def event_payload(self) -> dict[str, Any]:
-        """The full state carried by the outbox row of a change to this row."""
-        return {
-            "key": self.key,
-            "scope": self.scope,
-            "tenant_id": self.tenant_id,
-            "node_id": self.node_id,
-            "value": self.typed_value,
-            "description": self.description or "",
-            "archived": self.is_archived,
-            "version": self.version,
-            "update_time": self.updated_at.isoformat(),
-        }
+    def event(self) -> ConfigChanged:
+        """The row's full state as its change event carries it."""
+        return ConfigChanged(
+            key=self.key,
+            scope=Scope(self.scope),
+            tenant_id=self.tenant_id,
+            node_id=self.node_id,
+            value=self.typed_value,
+            description=self.description or "",
+            archived=self.is_archived,
+            version=self.version,
+            update_time=self.updated_at,
+        )
 
 
 @dataclass(frozen=True)
@@ -198,7 +198,7 @@ async def _record(
     action: str,
     old_value: str | None,
     actor: str | None,
-) -> None:
+) -> ConfigChanged:
     """History entry and outbox event for a change, in the caller's transaction."""
     await conn.execute(
         _INSERT_HISTORY,
@@ -215,9 +215,9 @@ async def _record(
             row.updated_at,
         ),
     )
-    await outbox.append(
-        conn, outbox.CONFIG_CHANGED, row.event_payload(), tenant_id=row.tenant_id, actor=actor
-    )
+    event = row.event()
+    await outbox.append(conn, event, actor=actor)
+    return event
 
 
 async def set_value(
@@ -227,11 +227,14 @@ async def set_value(
     description: str,
     expected_version: int | None,
     actor: str | None,
-) -> ConfigRow:
-    """Creates or updates a row, with its history entry and outbox event, atomically."""
+) -> ConfigChanged:
+    """Creates or updates a row, with its history entry and outbox event, atomically.
+
+    Returns the row's new state (its event; the unchanged state when nothing changed).
+    """
     stored = config_keys.serialize(value)
 
-    async def work(conn: psycopg.AsyncConnection) -> ConfigRow:
+    async def work(conn: psycopg.AsyncConnection) -> ConfigChanged:
         current = await _lock_row(conn, target)
         if current is None:
             if expected_version is not None:
@@ -245,13 +248,12 @@ async def set_value(
             if created is None:
                 # A concurrent writer created it first; the replay sees and locks that row.
                 raise psycopg.errors.SerializationFailure("concurrent create")
-            await _record(conn, created, "SET", None, actor)
-            return created
+            return await _record(conn, created, "SET", None, actor)
         check_etag(expected_version, current.version, _describe(target))
         if current.is_archived:
             raise FailedPrecondition(f"{_describe(target)} is archived; unarchive it first")
         if current.value == stored and (current.description or "") == description:
-            return current  # nothing changes: no version bump, no history, no event
+            return current.event()  # nothing changes: no version bump, no history, no event
         cur = conn.cursor(row_factory=class_row(ConfigRow))
         await cur.execute(
             _UPDATE_VALUE,
@@ -259,8 +261,7 @@ async def set_value(
         )
         updated = await cur.fetchone()
         assert updated is not None
-        await _record(conn, updated, "SET", current.value, actor)
-        return updated
+        return await _record(conn, updated, "SET", current.value, actor)
 
     return await db.transaction(work)
 
@@ -271,14 +272,14 @@ async def set_archived(
     archived: bool,
     expected_version: int | None,
     actor: str | None,
-) -> ConfigRow:
-    async def work(conn: psycopg.AsyncConnection) -> ConfigRow:
+) -> ConfigChanged:
+    async def work(conn: psycopg.AsyncConnection) -> ConfigChanged:
         current = await _lock_row(conn, target)
         if current is None:
             raise NotFound(f"{_describe(target)} is not set")
         check_etag(expected_version, current.version, _describe(target))
         if current.is_archived == archived:
-            return current
+            return current.event()
         cur = conn.cursor(row_factory=class_row(ConfigRow))
         await cur.execute(
             _UPDATE_ARCHIVED,
@@ -286,8 +287,9 @@ async def set_archived(
         )
         updated = await cur.fetchone()
         assert updated is not None
-        await _record(conn, updated, "ARCHIVE" if archived else "UNARCHIVE", current.value, actor)
-        return updated
+        return await _record(
+            conn, updated, "ARCHIVE" if archived else "UNARCHIVE", current.value, actor
+        )
 
     return await db.transaction(work)
 

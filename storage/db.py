@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import psycopg
 import psycopg_pool
@@ -108,6 +108,44 @@ def session_options(settings: PoolSettings) -> str:
     )
 
 
+# TCP keepalives notice a peer that vanished without closing the socket.
+_KEEPALIVES: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
+
+
+async def connect_direct(
+    settings: PoolSettings, *, application_name: str | None = None
+) -> psycopg.AsyncConnection:
+    """One autocommit connection outside the pool (LISTEN, health pings), with the pool's
+    session options and timeouts; raises the driver's error (callers translate it).
+    """
+    extra: dict[str, Any] = {"application_name": application_name} if application_name else {}
+    return await psycopg.AsyncConnection.connect(
+        settings.conninfo,
+        autocommit=True,
+        options=session_options(settings),
+        connect_timeout=max(2, settings.connect_timeout_s),
+        **_KEEPALIVES,
+        **extra,
+    )
+
+
+# The lock is taken in its own statement: in READ COMMITTED the next statement's
+# snapshot is taken after the lock is held, so it sees every row the previous holder
+# changed (its commit is visible before its lock is released).
+_TRY_LOCK = "SELECT pg_try_advisory_xact_lock(%s)"
+
+
+async def try_xact_lock(conn: psycopg.AsyncConnection, key: int) -> bool:
+    """Takes the transaction-scoped advisory lock ``key`` if free; False when another has it."""
+    row = await (await conn.execute(_TRY_LOCK, (key,))).fetchone()
+    return bool(row and row[0])
+
+
 def translate(exc: BaseException) -> DomainError:
     """Maps a psycopg / pool exception to the domain error the caller should see."""
     if isinstance(exc, DomainError):
@@ -181,11 +219,7 @@ class Database:
                 "autocommit": True,
                 "options": session_options(settings),
                 "connect_timeout": max(2, settings.connect_timeout_s),
-                # TCP keepalives notice a peer that vanished without closing the socket.
-                "keepalives": 1,
-                "keepalives_idle": 10,
-                "keepalives_interval": 5,
-                "keepalives_count": 3,
+                **_KEEPALIVES,
             },
             name="platform-admin",
         )
@@ -289,11 +323,8 @@ class Database:
         try:
             async with asyncio.timeout(timeout):
                 if self._probe is None or self._probe.closed:
-                    self._probe = await psycopg.AsyncConnection.connect(
-                        self.settings.conninfo,
-                        autocommit=True,
-                        connect_timeout=max(2, self.settings.connect_timeout_s),
-                        application_name="platform-admin-ping",
+                    self._probe = await connect_direct(
+                        self.settings, application_name="platform-admin-ping"
                     )
                 await self._probe.execute("SELECT 1")
             self.reachable = True

@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import psycopg
 from psycopg.rows import class_row
 
 from domain.errors import AlreadyExists, FailedPrecondition, NotFound
 from domain.etags import check_etag
+from domain.events import FlagChanged
 from domain.flags import Evaluation, Override, apply_override, evaluate
 from storage import outbox
 from storage.db import Database
@@ -50,19 +50,19 @@ class FlagRow:
             tenant_id=tenant_id,
         )
 
-    def event_payload(self) -> dict[str, Any]:
-        """The full state carried by the outbox row of a change to this flag."""
-        return {
-            "key": self.key,
-            "description": self.description or "",
-            "default_enabled": self.default_enabled,
-            "enabled_tenant_ids": sorted(self.enabled_tenant_ids),
-            "disabled_tenant_ids": sorted(self.disabled_tenant_ids),
-            "archived": self.is_archived,
-            "version": self.version,
-            "create_time": self.created_at.isoformat(),
-            "update_time": self.updated_at.isoformat(),
-        }
+    def event(self) -> FlagChanged:
+        """The flag's full state as its change event carries it."""
+        return FlagChanged(
+            key=self.key,
+            description=self.description or "",
+            default_enabled=self.default_enabled,
+            enabled_tenant_ids=tuple(sorted(self.enabled_tenant_ids)),
+            disabled_tenant_ids=tuple(sorted(self.disabled_tenant_ids)),
+            archived=self.is_archived,
+            version=self.version,
+            create_time=self.created_at,
+            update_time=self.updated_at,
+        )
 
 
 _GET = """
@@ -179,10 +179,11 @@ async def _write(
     enabled: tuple[str, ...] | None = None,
     disabled: tuple[str, ...] | None = None,
     archived: bool | None = None,
-) -> FlagRow:
-    """Stores the new state (unnamed fields keep their value) and its outbox row.
+) -> FlagChanged:
+    """Stores the new state (unnamed fields keep their value) and its outbox event.
 
-    Returns ``current`` untouched when nothing would change: no version bump, no event.
+    Returns the event (the flag's new state). When nothing would change it is ``current``'s
+    state and nothing is written: no version bump, no outbox row.
     """
     new = {
         "key": current.key,
@@ -199,28 +200,30 @@ async def _write(
         and new["disabled"] == list(current.disabled_tenant_ids)
         and new["archived"] == current.is_archived
     ):
-        return current
+        return current.event()
     cur = conn.cursor(row_factory=class_row(FlagRow))
     await cur.execute(_UPDATE, new)
     updated = await cur.fetchone()
     assert updated is not None  # the row is locked by this transaction
-    await outbox.append(conn, outbox.FLAG_CHANGED, updated.event_payload(), actor=actor)
-    return updated
+    event = updated.event()
+    await outbox.append(conn, event, actor=actor)
+    return event
 
 
 async def create(
     db: Database, key: str, description: str, default_enabled: bool, actor: str | None
-) -> FlagRow:
+) -> FlagChanged:
     """Inserts a flag (version 1, empty lists) and its outbox row, atomically."""
 
-    async def work(conn: psycopg.AsyncConnection) -> FlagRow:
+    async def work(conn: psycopg.AsyncConnection) -> FlagChanged:
         cur = conn.cursor(row_factory=class_row(FlagRow))
         await cur.execute(_INSERT, (key, description, default_enabled))
         created = await cur.fetchone()
         if created is None:
             raise AlreadyExists(f"flag {key} already exists (archived flags keep their key)")
-        await outbox.append(conn, outbox.FLAG_CHANGED, created.event_payload(), actor=actor)
-        return created
+        event = created.event()
+        await outbox.append(conn, event, actor=actor)
+        return event
 
     return await db.transaction(work)
 
@@ -238,10 +241,10 @@ async def update(
     default_enabled: bool | None,
     expected_version: int | None,
     actor: str | None,
-) -> FlagRow:
+) -> FlagChanged:
     """Changes description and/or default (None keeps the stored value)."""
 
-    async def work(conn: psycopg.AsyncConnection) -> FlagRow:
+    async def work(conn: psycopg.AsyncConnection) -> FlagChanged:
         current = await _lock(conn, key)
         check_etag(expected_version, current.version, f"flag {key}")
         _check_live(current)
@@ -259,10 +262,10 @@ async def set_override(
     override: Override,
     expected_version: int | None,
     actor: str | None,
-) -> FlagRow:
+) -> FlagChanged:
     """Puts ``tenant_id`` in the list ``override`` names (or in neither), atomically."""
 
-    async def work(conn: psycopg.AsyncConnection) -> FlagRow:
+    async def work(conn: psycopg.AsyncConnection) -> FlagChanged:
         current = await _lock(conn, key)
         check_etag(expected_version, current.version, f"flag {key}")
         _check_live(current)
@@ -276,10 +279,10 @@ async def set_override(
 
 async def set_archived(
     db: Database, key: str, archived: bool, expected_version: int | None, actor: str | None
-) -> FlagRow:
+) -> FlagChanged:
     """Archives or restores a flag; already in that state is a no-op."""
 
-    async def work(conn: psycopg.AsyncConnection) -> FlagRow:
+    async def work(conn: psycopg.AsyncConnection) -> FlagChanged:
         current = await _lock(conn, key)
         check_etag(expected_version, current.version, f"flag {key}")
         return await _write(conn, current, actor, archived=archived)

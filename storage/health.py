@@ -20,6 +20,7 @@ from psycopg.types.json import Jsonb
 from domain import health as rules
 from domain.errors import NotFound, PermissionDenied, ResourceExhausted
 from domain.etags import check_etag
+from domain.events import HealthChange, HealthSource, HealthSourceChanged
 from domain.health import Damping, Status
 from domain.ids import HEALTH_CHECK_RESULT, HEALTH_SOURCE, new_ulid, with_prefix
 from storage import outbox, retention
@@ -62,21 +63,21 @@ class SourceRow:
             self.consecutive_successes,
         )
 
-    def event_payload(self) -> dict[str, Any]:
-        """The full registration and status, as carried by outbox rows."""
-        return {
-            "id": with_prefix(HEALTH_SOURCE, self.id),
-            "service_id": self.service_id,
-            "health_url": self.health_url,
-            "staleness_threshold_s": self.staleness_threshold_s,
-            "check_interval_s": self.check_interval_s,
-            "failure_threshold": self.failure_threshold,
-            "success_threshold": self.success_threshold,
-            "status": self.status,
-            "status_time": self.status_since.isoformat(),
-            "version": self.version,
-            "update_time": self.updated_at.isoformat(),
-        }
+    def source(self) -> HealthSource:
+        """The full registration and status, as carried by its change events."""
+        return HealthSource(
+            id=with_prefix(HEALTH_SOURCE, self.id),
+            service_id=self.service_id,
+            health_url=self.health_url,
+            staleness_threshold_s=self.staleness_threshold_s,
+            check_interval_s=self.check_interval_s,
+            failure_threshold=self.failure_threshold,
+            success_threshold=self.success_threshold,
+            status=Status(self.status) if self.status else None,
+            status_time=self.status_since,
+            version=self.version,
+            update_time=self.updated_at,
+        )
 
 
 @dataclass(frozen=True)
@@ -227,8 +228,8 @@ def _describe(source_id: str) -> str:
     return f"health source {with_prefix(HEALTH_SOURCE, source_id)}"
 
 
-def _payload(row: SourceRow, change: str, **extra: Any) -> dict[str, Any]:
-    return {"change": change, "source": row.event_payload(), **extra}
+def _changed(row: SourceRow, change: HealthChange) -> HealthSourceChanged:
+    return HealthSourceChanged(change, row.source())
 
 
 async def create(
@@ -250,7 +251,7 @@ async def create(
         )
         row = await cur.fetchone()
         assert row is not None
-        await outbox.append(conn, outbox.HEALTH_CHANGED, _payload(row, "CREATED"), actor=actor)
+        await outbox.append(conn, _changed(row, HealthChange.CREATED), actor=actor)
         return row
 
     return await db.transaction(work)
@@ -316,7 +317,7 @@ async def update(
         )
         row = await cur.fetchone()
         assert row is not None
-        await outbox.append(conn, outbox.HEALTH_CHANGED, _payload(row, "UPDATED"), actor=actor)
+        await outbox.append(conn, _changed(row, HealthChange.UPDATED), actor=actor)
         return row
 
     return await db.transaction(work)
@@ -331,7 +332,7 @@ async def delete(
         current = await _lock(conn, source_id)
         check_etag(expected_version, current.version, _describe(source_id))
         await conn.execute(_DELETE, (source_id,))
-        await outbox.append(conn, outbox.HEALTH_CHANGED, _payload(current, "DELETED"), actor=actor)
+        await outbox.append(conn, _changed(current, HealthChange.DELETED), actor=actor)
         return current
 
     return await db.transaction(work)
@@ -435,17 +436,13 @@ async def record_result(
         row = await cur.fetchone()
         assert row is not None
         if row.status != current.status:
-            await outbox.append(
-                conn,
-                outbox.HEALTH_CHANGED,
-                _payload(
-                    row,
-                    "STATUS_CHANGED",
-                    previous_status=current.status,
-                    result_id=with_prefix(HEALTH_CHECK_RESULT, result.id),
-                ),
-                actor=actor,
+            changed = HealthSourceChanged(
+                HealthChange.STATUS_CHANGED,
+                row.source(),
+                previous_status=Status(current.status) if current.status else None,
+                result_id=with_prefix(HEALTH_CHECK_RESULT, result.id),
             )
+            await outbox.append(conn, changed, actor=actor)
         return result, row
 
     return await db.transaction(work)

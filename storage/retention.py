@@ -14,9 +14,8 @@ from typing import LiteralString
 
 import psycopg
 
-from storage.db import Database
+from storage.db import Database, try_xact_lock
 
-_TRY_LOCK = "SELECT pg_try_advisory_xact_lock(%s)"
 _NOW = "SELECT now()"
 
 
@@ -36,8 +35,7 @@ async def prune_in_batches(
 
     async def work(conn: psycopg.AsyncConnection) -> int | None:
         nonlocal cutoff
-        locked = await (await conn.execute(_TRY_LOCK, (lock_id,))).fetchone()
-        if locked is None or not locked[0]:
+        if not await try_xact_lock(conn, lock_id):
             return None
         if cutoff is None:
             now_row = await (await conn.execute(_NOW)).fetchone()

@@ -3,24 +3,33 @@
 Outbox rows get their ``seq`` after commit, from one sequencer at a time (see
 docs/adr/0001-outbox-sequencer.md): a row that commits late gets a later seq, so
 reading ``seq > position`` in seq order never skips a committed row. Everything that
-reads the stream here returns :class:`ChangeEvent` values; nothing here knows gRPC.
+reads the stream here returns typed :class:`domain.events.ChangeEvent` values (rows whose
+payload does not decode are logged and skipped); nothing here knows gRPC. The LISTEN side
+of the NOTIFY sent here is storage/notify.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import timedelta
+from typing import Any, Generic, LiteralString, TypeVar
 
 import psycopg
 from psycopg.rows import class_row, dict_row
 
+from domain import events
 from domain.errors import OutOfRange
-from storage import outbox
-from storage.db import Database
+from domain.events import ChangeEvent, ConfigChanged, FlagChanged
+from storage import retention
+from storage.configs import ConfigRow
+from storage.db import Database, try_xact_lock
+from storage.flags import FlagRow
+
+log = logging.getLogger(__name__)
 
 # Advisory lock keys (transaction-scoped): one sequencer, one pruner at a time.
 SEQUENCER_LOCK = 7_340_001
@@ -28,17 +37,6 @@ PRUNE_LOCK = 7_340_002
 # The wake-up hint sent once per sequenced batch; listeners never rely on it alone.
 NOTIFY_CHANNEL = "platform_admin_outbox"
 RETENTION = timedelta(days=7)
-
-
-@dataclass(frozen=True)
-class ChangeEvent:
-    """One sequenced outbox row: the full new state of something that changed."""
-
-    seq: int
-    subject: str
-    tenant_id: str | None
-    payload: dict[str, Any]
-    created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -56,10 +54,6 @@ class CursorExpired(OutOfRange):
         super().__init__(message, reason="CURSOR_EXPIRED")
 
 
-# The lock is taken in its own statement: in READ COMMITTED the next statement's
-# snapshot is taken after the lock is held, so it sees every row the previous holder
-# sequenced (its commit is visible before its lock is released).
-_TRY_LOCK = "SELECT pg_try_advisory_xact_lock(%s)"
 _ANY_UNSEQUENCED = "SELECT EXISTS (SELECT 1 FROM outbox WHERE seq IS NULL)"
 # nextval runs in the outer query over the ordered subquery, so seq follows
 # (created_at, id) within a batch.
@@ -89,14 +83,14 @@ _STATE = "SELECT database_id, pruned_seq FROM stream_state"
 # committed removed its rows and raised the watermark together, so either both are seen
 # or neither.
 _AFTER = """
-SELECT o.seq, o.subject, o.tenant_id, o.payload, o.created_at, s.pruned_seq
+SELECT o.seq, o.id, o.subject, o.tenant_id, o.payload, o.headers, o.created_at, s.pruned_seq
   FROM stream_state s
   LEFT JOIN LATERAL (
-        SELECT seq, subject, tenant_id, payload, created_at
+        SELECT seq, id, subject, tenant_id, payload, headers, created_at
           FROM outbox
          WHERE seq > %(after)s
            AND (%(upto)s::bigint IS NULL OR seq <= %(upto)s)
-           AND (%(subjects)s::text[] IS NULL OR subject = ANY(%(subjects)s))
+           AND subject = ANY(%(subjects)s)
          ORDER BY seq
          LIMIT %(limit)s) AS o ON TRUE
  ORDER BY o.seq
@@ -108,6 +102,7 @@ SELECT key, description, default_enabled, enabled_tenant_ids, disabled_tenant_id
  WHERE (%(keys)s::text[] IS NULL OR key = ANY(%(keys)s))
  ORDER BY key
 """
+# domain.events.visible_to_tenant's rule, in SQL.
 _CONFIG_SNAPSHOT = """
 SELECT key, scope, tenant_id, node_id, value, description, is_archived, version, updated_at
   FROM platform_configs
@@ -115,20 +110,21 @@ SELECT key, scope, tenant_id, node_id, value, description, is_archived, version,
    AND (NOT %(tenant_only)s OR scope = 'PLATFORM' OR tenant_id = %(tenant_id)s)
  ORDER BY key, scope, COALESCE(tenant_id, ''), COALESCE(node_id, '')
 """
+# One statement per batch: the rows go and the watermark rises to the highest seq removed,
+# together (a data-modifying WITH runs once, whether or not the DELETE reads it).
 _PRUNE = """
 WITH doomed AS (
-    SELECT id FROM outbox
+    SELECT id, seq FROM outbox
      WHERE created_at < %(before)s AND seq IS NOT NULL
      ORDER BY created_at
      LIMIT %(limit)s
        FOR UPDATE SKIP LOCKED
-), gone AS (
-    DELETE FROM outbox o USING doomed WHERE o.id = doomed.id RETURNING o.seq
+), raised AS (
+    UPDATE stream_state
+       SET pruned_seq = GREATEST(pruned_seq, (SELECT max(seq) FROM doomed)), pruned_at = now()
+     WHERE EXISTS (SELECT 1 FROM doomed)
 )
-SELECT count(*) AS pruned, max(seq) AS top FROM gone
-"""
-_RAISE_WATERMARK = """
-UPDATE stream_state SET pruned_seq = GREATEST(pruned_seq, %s), pruned_at = now()
+DELETE FROM outbox o USING doomed WHERE o.id = doomed.id
 """
 
 
@@ -145,9 +141,7 @@ async def sequence_batch(db: Database, limit: int = 1000, notify: bool = True) -
         return 0
 
     async def work(conn: psycopg.AsyncConnection) -> int:
-        cur = await conn.execute(_TRY_LOCK, (SEQUENCER_LOCK,))
-        locked = await cur.fetchone()
-        if locked is None or not locked[0]:
+        if not await try_xact_lock(conn, SEQUENCER_LOCK):
             return 0
         cur = await conn.execute(_SEQUENCE, (limit,))
         assigned = [r[0] for r in await cur.fetchall()]
@@ -164,8 +158,13 @@ async def sequence_batch(db: Database, limit: int = 1000, notify: bool = True) -
 async def head(db: Database) -> int:
     """The highest seq assigned so far (0 when none), pruned or not."""
     async with db.read() as conn:
-        cur = await conn.execute(_HEAD)
-        row = await cur.fetchone()
+        return await head_in(conn)
+
+
+async def head_in(conn: psycopg.AsyncConnection) -> int:
+    """:func:`head` on the caller's connection (inside its snapshot transaction)."""
+    cur = await conn.execute(_HEAD)
+    row = await cur.fetchone()
     return int(row[0]) if row else 0
 
 
@@ -184,16 +183,18 @@ async def read_after(
     limit: int = 1000,
     *,
     upto: int | None = None,
-    subjects: Sequence[str] | None = None,
+    subjects: Collection[str] | None = None,
 ) -> list[ChangeEvent]:
     """Events with ``after < seq (<= upto)``, in seq order, at most ``limit``.
 
-    Raises CursorExpired when retention has already removed events after ``after``.
+    Only subjects this version knows are read (``subjects`` narrows them further), so a
+    row of a subject added by a newer release is passed over, not misread. Raises
+    CursorExpired when retention has already removed events after ``after``.
     """
     params = {
         "after": after,
         "upto": upto,
-        "subjects": list(subjects) if subjects is not None else None,
+        "subjects": list(events.SUBJECTS if subjects is None else subjects),
         "limit": limit,
     }
     async with db.read() as conn:
@@ -205,35 +206,52 @@ async def read_after(
             f"the changes after position {after} are older than the retention period"
             " and were removed; resync without a cursor"
         )
-    return [
-        ChangeEvent(r["seq"], r["subject"], r["tenant_id"], r["payload"], r["created_at"])
-        for r in rows
-        if r["seq"] is not None
-    ]
+    return [event for r in rows if r["seq"] is not None and (event := _event(r)) is not None]
+
+
+def _event(r: dict[str, Any]) -> ChangeEvent | None:
+    try:
+        change = events.decode(r["subject"], r["payload"])
+    except events.UndecodableEvent as exc:
+        log.error("outbox row %s (seq %d) skipped: %s", r["id"], r["seq"], exc)
+        return None
+    return ChangeEvent(
+        seq=r["seq"],
+        id=r["id"],
+        subject=r["subject"],
+        tenant_id=r["tenant_id"],
+        changed_by=events.changed_by(r["headers"]),
+        created_at=r["created_at"],
+        change=change,
+    )
+
+
+C = TypeVar("C", FlagChanged, ConfigChanged)
 
 
 @dataclass(frozen=True)
-class Snapshot:
-    """Every row's current state (as an outbox payload) and the head seq of the same view."""
+class Snapshot(Generic[C]):
+    """Every row's current state (as its change event) and the head seq of the same view."""
 
     head_seq: int
-    payloads: list[dict[str, Any]]
+    changes: list[C]
 
 
 _UNSEQUENCED_OF = "SELECT EXISTS (SELECT 1 FROM outbox WHERE seq IS NULL AND subject = %s)"
 _SNAPSHOT_ATTEMPTS = 5
 
 
-async def _snapshot(db: Database, query: str, params: dict[str, Any], kind: str) -> Snapshot:
-    subject = outbox.FLAG_CHANGED if kind == "flag" else outbox.CONFIG_CHANGED
+async def _snapshot(
+    db: Database, query: LiteralString, params: dict[str, Any], row: type[FlagRow] | type[ConfigRow]
+) -> tuple[int, list[Any]]:
+    subject = events.FLAG_CHANGED if row is FlagRow else events.CONFIG_CHANGED
     for attempt in range(_SNAPSHOT_ATTEMPTS):
         async with db.read() as conn, conn.transaction():
             # One REPEATABLE READ snapshot for rows and head: every event with seq <= head
             # is already reflected in the rows (seq is assigned after the change committed).
             await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            cur = await conn.execute(_HEAD)
-            head_row = await cur.fetchone()
-            rows_cur = conn.cursor(row_factory=dict_row)
+            head_seq = await head_in(conn)
+            rows_cur = conn.cursor(row_factory=class_row(row))
             await rows_cur.execute(query, params)
             rows = await rows_cur.fetchall()
             # A change committed but not yet sequenced is in the rows yet would also come
@@ -245,47 +263,27 @@ async def _snapshot(db: Database, query: str, params: dict[str, Any], kind: str)
             break
         if not await sequence_batch(db):
             await asyncio.sleep(0.01 * (attempt + 1))
-    head_seq = int(head_row[0]) if head_row else 0
-    if kind == "flag":
-        return Snapshot(head_seq, [_flag_payload(r) for r in rows])
-    return Snapshot(head_seq, [_config_payload(r) for r in rows])
+    return head_seq, rows
 
 
-def _flag_payload(r: dict[str, Any]) -> dict[str, Any]:
-    # The same shape as storage.flags.FlagRow.event_payload().
-    return {
-        "key": r["key"],
-        "description": r["description"] or "",
-        "default_enabled": r["default_enabled"],
-        "enabled_tenant_ids": sorted(r["enabled_tenant_ids"]),
-        "disabled_tenant_ids": sorted(r["disabled_tenant_ids"]),
-        "archived": r["is_archived"],
-        "version": r["version"],
-        "create_time": r["created_at"].isoformat(),
-        "update_time": r["updated_at"].isoformat(),
-    }
-
-
-def _config_payload(r: dict[str, Any]) -> dict[str, Any]:
-    from storage.configs import ConfigRow
-
-    return ConfigRow(**r).event_payload()
-
-
-async def flag_snapshot(db: Database, keys: Sequence[str] | None) -> Snapshot:
-    return await _snapshot(db, _FLAG_SNAPSHOT, {"keys": list(keys) if keys else None}, kind="flag")
+async def flag_snapshot(db: Database, keys: Sequence[str] | None) -> Snapshot[FlagChanged]:
+    """Every flag (or those among ``keys``) and the head seq of the same view."""
+    params = {"keys": list(keys) if keys else None}
+    head_seq, rows = await _snapshot(db, _FLAG_SNAPSHOT, params, FlagRow)
+    return Snapshot(head_seq, [r.event() for r in rows])
 
 
 async def config_snapshot(
     db: Database, keys: Sequence[str] | None, tenant_id: str | None, tenant_only: bool
-) -> Snapshot:
+) -> Snapshot[ConfigChanged]:
     """All config rows; for a tenant-scoped caller only PLATFORM rows and its own tenant's."""
     params = {
         "keys": list(keys) if keys else None,
         "tenant_only": tenant_only,
         "tenant_id": tenant_id,
     }
-    return await _snapshot(db, _CONFIG_SNAPSHOT, params, kind="config")
+    head_seq, rows = await _snapshot(db, _CONFIG_SNAPSHOT, params, ConfigRow)
+    return Snapshot(head_seq, [r.event() for r in rows])
 
 
 async def prune(
@@ -293,34 +291,15 @@ async def prune(
 ) -> int:
     """Deletes sequenced outbox rows older than ``older_than``, in batches; returns the count.
 
-    Each batch runs under a transaction-scoped advisory lock (a concurrent pruner on
-    another replica makes this one stop) and raises the pruned watermark in the same
-    transaction, so a cursor is refused exactly when an event after it is gone.
+    Batched and advisory-locked like every retention job (storage/retention.py); each batch
+    raises the pruned watermark in its own statement, so a cursor is refused exactly when an
+    event after it is gone.
     """
-    total = 0
-    batches = 0
-
-    async def work(conn: psycopg.AsyncConnection) -> int | None:
-        cur = await conn.execute(_TRY_LOCK, (PRUNE_LOCK,))
-        locked = await cur.fetchone()
-        if locked is None or not locked[0]:
-            return None
-        cur = await conn.execute("SELECT now()")
-        now_row = await cur.fetchone()
-        assert now_row is not None
-        cur = await conn.execute(_PRUNE, {"before": now_row[0] - older_than, "limit": batch})
-        row = await cur.fetchone()
-        assert row is not None
-        count, top = int(row[0]), row[1]
-        if top is not None:
-            await conn.execute(_RAISE_WATERMARK, (top,))
-        return count
-
-    while True:
-        done = await db.transaction(work)
-        if done is None:
-            return total
-        total += done
-        batches += 1
-        if done < batch or (max_batches and batches >= max_batches):
-            return total
+    return await retention.prune_in_batches(
+        db,
+        lock_id=PRUNE_LOCK,
+        delete_sql=_PRUNE,
+        older_than=older_than,
+        batch=batch,
+        max_batches=max_batches,
+    )

@@ -183,7 +183,7 @@ async def test_a_replica_started_later_loads_everything_and_follows(
 
 def test_stale_versions_never_replace_newer_state():
     """The guard every apply goes through: replays and overlaps converge on the newest."""
-    from domain.read_model import ConfigState, FlagState, ReadState
+    from domain.read_state import ConfigState, FlagState, ReadState
 
     state = ReadState()
     newer = FlagState("f", True, (TENANT_A,), (), False, 3)

@@ -2,29 +2,35 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
 
 from domain import cursor
 from domain.errors import InvalidArgument, OutOfRange
+from domain.events import FlagChanged
 from server.app import pool_settings
 from server.settings import Settings
 from storage import stream
 from storage.db import Database
 from tests.grpcurl_server import run_command
 
+_AT = datetime.now(UTC)
+_PAYLOAD = json.dumps(FlagChanged("f", "", False, (), (), False, 1, _AT, _AT).to_payload())
+
 
 def _rows(sql: psycopg.Connection, count: int, age: str, sequenced: bool) -> None:
     sql.execute(
         "INSERT INTO outbox (id, subject, payload, headers, created_at, seq, sequenced_at)"
         " SELECT substr(md5(random()::text), 1, 26), 'platform_admin.flag.changed',"
-        " '{}'::jsonb, '{}'::jsonb, now() - %s::interval,"
+        " %s::jsonb, '{}'::jsonb, now() - %s::interval,"
         " CASE WHEN %s THEN nextval('outbox_seq') END, CASE WHEN %s THEN now() END"
         " FROM generate_series(1, %s)",
-        (age, sequenced, sequenced, count),
+        (_PAYLOAD, age, sequenced, sequenced, count),
     )
 
 

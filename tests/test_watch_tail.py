@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 
+from domain import events
+from domain.events import ChangeEvent, FlagChanged
 from server.app import pool_settings
 from server.changes.tail import Sequencer, Tail
 from server.settings import Settings
 from storage import outbox, stream
 from storage.db import Database
-from storage.stream import ChangeEvent
 
 
 async def _append(db: Database, key: str, version: int) -> None:
+    at = datetime.now(UTC)
+    flag = FlagChanged(key, "", False, (), (), False, version, at, at)
+
     async def work(conn: psycopg.AsyncConnection) -> None:
-        await outbox.append(conn, outbox.FLAG_CHANGED, {"key": key, "version": version})
+        await outbox.append(conn, flag)
 
     await db.transaction(work)
 
@@ -45,9 +49,9 @@ async def test_listeners_get_every_committed_event_in_seq_order(
             await asyncio.sleep(0.01)
             top = await stream.head(db)
         await tail.wait_for(top, timeout=10)
-        assert [e.payload["key"] for e in seen] == [f"f{i}" for i in range(5)]
+        assert [e.change.identity for e in seen] == [f"f{i}" for i in range(5)]
         assert [e.seq for e in seen] == sorted(e.seq for e in seen)
-        assert all(e.subject == outbox.FLAG_CHANGED and e.tenant_id is None for e in seen)
+        assert all(e.subject == events.FLAG_CHANGED and e.tenant_id is None for e in seen)
     finally:
         for t in tasks:
             t.cancel()
@@ -82,7 +86,7 @@ async def test_tail_whose_position_was_pruned_restarts_at_head_and_says_so(
         later = await stream.sequence_batch(db, notify=False)
         tail.wake()
         await tail.wait_for(later, timeout=10)
-        assert [e.payload["key"] for e in seen] == ["after"]
+        assert [e.change.identity for e in seen] == ["after"]
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

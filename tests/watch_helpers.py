@@ -38,7 +38,7 @@ async def change_flag(conn: psycopg.AsyncConnection, key: str, description: str 
     await cur.execute(UPSERT_FLAG, (key, description or key))
     row = await cur.fetchone()
     assert row is not None
-    await outbox.append(conn, outbox.FLAG_CHANGED, row.event_payload())
+    await outbox.append(conn, row.event())
     return row.version
 
 

@@ -1,12 +1,14 @@
 """The in-memory read model: Evaluate* and Resolve* answer from memory, never from SQL.
 
-Each server process holds every flag and config (domain/read_model.py). It is loaded at
-start from one REPEATABLE READ snapshot with the head seq (storage/read_model.py) and kept
-current by the same outbox tail that feeds the watch streams (server/changes/tail.py): events
-after that head are applied in seq order, each taken only when its version is newer than
-the one held. Write RPCs also apply the row they return (version-guarded), so a client
-reads its own write from the same process at once; other processes converge within the
-tail latency (sequencer cadence plus one NOTIFY round trip).
+Each server process holds every flag and config (domain/read_state.py). It is loaded at
+start from one REPEATABLE READ snapshot with the head seq (storage/bulk_load.py) and kept
+current by a subscription to the change feed (server/changes/feed.py), like every other
+consumer of the stream: events after that head are applied in seq order, each taken only
+when its version is newer than the one held. Write RPCs also apply the event their write
+returns (version-guarded), so a client reads its own write from the same process at once;
+other processes converge within the tail latency (sequencer cadence plus one NOTIFY round
+trip). When the stream cannot continue (events pruned before this process read them) the
+model reloads from a snapshot and subscribes again from its head.
 
 If the database goes away the model keeps answering from the last state it holds;
 ``current_at`` stops advancing, which the health check and the
@@ -38,26 +40,18 @@ from typing import Any
 
 from platform_admin.v1 import config_pb2, flag_pb2
 
-from domain import read_model as rm
+from domain import events
+from domain import read_state as rm
 from domain.config_keys import ConfigKeySpec
 from domain.errors import NotFound, Unavailable
+from domain.events import ChangeEvent, ConfigChanged, FlagChanged
 from domain.flags import Evaluation, Reason
-from server.rpc.convert import source_scope_to_proto, value_to_proto
-from storage import outbox, stream
-from storage.configs import ConfigRow
+from server.changes.feed import ChangeFeed, Expired, Live, Subscription
+from server.rpc.convert import REASON_TO_PROTO, source_scope_to_proto, value_to_proto
+from storage.bulk_load import load_all
 from storage.db import Database
-from storage.flags import FlagRow
-from storage.read_model import load_all
-from storage.stream import ChangeEvent, CursorExpired
 
 log = logging.getLogger(__name__)
-
-REASON_TO_PROTO = {
-    Reason.DEFAULT: flag_pb2.EVALUATION_REASON_DEFAULT,
-    Reason.TENANT_ENABLED: flag_pb2.EVALUATION_REASON_TENANT_ENABLED,
-    Reason.TENANT_DISABLED: flag_pb2.EVALUATION_REASON_TENANT_DISABLED,
-    Reason.ARCHIVED: flag_pb2.EVALUATION_REASON_ARCHIVED,
-}
 # Every EvaluateFlag answer there can be, allocated once (never mutated after this).
 _EVALUATE_RESPONSES = {
     Evaluation(enabled, reason): flag_pb2.EvaluateFlagResponse(
@@ -122,21 +116,21 @@ class _AnswerCache:
 
 
 class ReadModel:
-    def __init__(self, db: Database, tail: Any, stale_after_s: float = STALE_AFTER_S) -> None:
+    def __init__(
+        self, db: Database, feed: ChangeFeed, stale_after_s: float = STALE_AFTER_S
+    ) -> None:
         self.db = db
-        self.tail = tail
+        self.feed = feed
         self.stale_after_s = stale_after_s
         self.state = rm.ReadState()
         self.seq = -1  # every change up to this seq is reflected
         self.loaded = asyncio.Event()
         self.load_seconds: float | None = None
         self._loaded_at: float | None = None
-        self._attached = False
-        self._attached_once = False
-        self._reloading: asyncio.Task[None] | None = None
-        # Set once the model follows the tail (the snapshot's gap is closed).
+        self._subscription: Subscription | None = None
+        self._stopped = False
+        # Set while the model follows the feed (the snapshot's gap is closed).
         self.attached = asyncio.Event()
-        self._buffer: list[ChangeEvent] | None = None
         self._flag_answers = _AnswerCache()
         self._config_answers = _AnswerCache()
         self._defaults: bytes | None = None
@@ -191,105 +185,70 @@ class ReadModel:
             return False
 
     async def run(self) -> None:
-        """Background job: load (with back-off) if start could not, then follow the tail."""
+        """Background job: load (with back-off) until loaded, then follow the change feed."""
         delay = _RETRY_START_S
-        while not self.loaded.is_set():
+        while not self._stopped:
             try:
-                await self.load()
-            except Exception as exc:
-                log.warning("read model load failed (retry in %.1fs): %s", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _RETRY_MAX_S)
-        while True:
-            try:
-                await self._attach()
-                return
-            except CursorExpired:
-                # The snapshot is older than retention (a long outage at start): reload.
-                await self.load()
+                if not self.loaded.is_set():
+                    await self.load()
+                await self._follow()
+                delay = _RETRY_START_S
             except Exception as exc:
                 log.warning("read model catch-up failed (retry in %.1fs): %s", delay, exc)
-                self.tail.remove_listener(self._on_events)
-                self._attached = False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX_S)
 
-    async def _attach(self) -> None:
-        await self.tail.ready.wait()
-        # Listener and head in one synchronous step: the listener gets every batch after
-        # ``head``; the gap between the snapshot and ``head`` is read here, and batches that
-        # arrive meanwhile wait in the buffer so the order stays by seq.
-        self._buffer = []
-        self.tail.add_listener(self._on_events)
-        if not self._attached_once:
-            self.tail.add_gap_listener(self._on_gap)
-            self._attached_once = True
-        self._attached = True
-        head = self.tail.head_seq
-        while self.seq < head:
-            events = await stream.read_after(self.db, self.seq, 1000, upto=head, subjects=_SUBJECTS)
-            if not events:
-                break
-            self._apply_events(events)
-            self.seq = max(self.seq, events[-1].seq)
-        self.seq = max(self.seq, head)
-        buffered, self._buffer = self._buffer, None
-        self._apply_events(buffered)
-        self.attached.set()
-
-    def _on_gap(self) -> None:
-        """The tail lost events (pruned before it read them): reload from a snapshot."""
-        if self._reloading is None or self._reloading.done():
-            self._reloading = asyncio.create_task(self._reload(), name="read-model-reload")
+    async def _follow(self) -> None:
+        """Applies the feed's events after ``seq``; reloads when the stream expired."""
+        self._subscription = subscription = self.feed.subscribe(
+            self.seq, subjects=_SUBJECTS, queue_limit=None
+        )
+        try:
+            async for item in subscription:
+                if isinstance(item, ChangeEvent):
+                    self._apply_event(item)
+                elif isinstance(item, Live):
+                    self.attached.set()
+                elif isinstance(item, Expired):
+                    # Events after seq are gone (pruned unread): a snapshot replaces guesses,
+                    # while the model keeps answering from the state it has.
+                    log.warning("read model reloads from a snapshot: %s", item.error.message)
+                    self.attached.clear()
+                    await self._reload()
+        finally:
+            self.attached.clear()
+            self._subscription = None
 
     async def _reload(self) -> None:
-        # Batches arriving meanwhile wait, then those after the new snapshot's head apply.
-        self._buffer = []
         delay = _RETRY_START_S
-        try:
-            while True:
-                try:
-                    await self.load()
-                    return
-                except Exception as exc:
-                    log.warning("read model reload failed (retry in %.1fs): %s", delay, exc)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, _RETRY_MAX_S)
-        finally:
-            buffered, self._buffer = self._buffer, None
-            self._apply_events(buffered or [])
+        while not self._stopped:
+            try:
+                await self.load()
+                return
+            except Exception as exc:
+                log.warning("read model reload failed (retry in %.1fs): %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX_S)
 
-    def _on_events(self, events: list[ChangeEvent]) -> None:
-        if self._buffer is not None:
-            self._buffer.extend(events)
+    def _apply_event(self, event: ChangeEvent) -> None:
+        if event.seq <= self.seq:
             return
-        self._apply_events(events)
-
-    def _apply_events(self, events: Sequence[ChangeEvent]) -> None:
-        for event in events:
-            if event.seq <= self.seq:
-                continue
-            self.seq = event.seq
-            if event.subject == outbox.FLAG_CHANGED:
-                self._apply_flag(rm.FlagState.from_payload(event.payload))
-            elif event.subject == outbox.CONFIG_CHANGED:
-                self._apply_config(rm.ConfigState.from_payload(event.payload))
+        self.seq = event.seq
+        self.apply(event.change)
 
     def stop(self) -> None:
-        if self._reloading is not None:
-            self._reloading.cancel()
-        if self._attached:
-            self.tail.remove_listener(self._on_events)
-            self._attached = False
-            self.attached.clear()
+        self._stopped = True
+        if self._subscription is not None:
+            self._subscription.close()
 
     # --- writes of this process (read-your-writes) -------------------------------------
 
-    def apply_flag_row(self, row: FlagRow) -> None:
-        self._apply_flag(rm.FlagState.from_payload(row.event_payload()))
-
-    def apply_config_row(self, row: ConfigRow) -> None:
-        self._apply_config(rm.ConfigState.from_payload(row.event_payload()))
+    def apply(self, change: events.Change) -> None:
+        """Takes a flag's or config's new state (an event of the feed, or a local write)."""
+        if isinstance(change, FlagChanged):
+            self._apply_flag(rm.FlagState.from_event(change))
+        elif isinstance(change, ConfigChanged):
+            self._apply_config(rm.ConfigState.from_event(change))
 
     def _apply_flag(self, state: rm.FlagState) -> None:
         if self._written_while_loading is not None:
@@ -314,9 +273,10 @@ class ReadModel:
         """Wall-clock time at which the model last held every change (None before loading)."""
         if self._loaded_at is None:
             return None
-        if not self._attached or self._buffer is not None:
+        subscription = self._subscription
+        if subscription is None or not subscription.attached or subscription.queue:
             return self._loaded_at
-        caught_up = getattr(self.tail, "caught_up_at", None)
+        caught_up = self.feed.caught_up_at
         return max(self._loaded_at, caught_up) if caught_up is not None else self._loaded_at
 
     def age(self) -> float | None:
@@ -438,4 +398,4 @@ class ReadModel:
         return cached
 
 
-_SUBJECTS = (outbox.FLAG_CHANGED, outbox.CONFIG_CHANGED)
+_SUBJECTS = (events.FLAG_CHANGED, events.CONFIG_CHANGED)

@@ -1,10 +1,11 @@
 """The per-process tail of the change stream, and the sequencer loop.
 
 One :class:`Tail` per process reads ``seq > last`` once per wake-up and hands each batch,
-in seq order, to its listeners (the watch fan-out, the in-memory read model). It wakes on
-the sequencer's NOTIFY, received on a LISTEN connection of its own outside the pool, and
-polls every ``poll_interval_s`` anyway: a dropped LISTEN connection (reconnected with
-back-off) or a lost notification delays delivery by at most one poll.
+in seq order, to its listeners: in practice one, the change feed (server/changes/feed.py),
+whose ``subscribe()`` every consumer uses. It wakes on the sequencer's NOTIFY, received on
+a LISTEN connection of its own outside the pool (storage/notify.py), and polls every
+``poll_interval_s`` anyway: a dropped LISTEN connection (reconnected with back-off) or a
+lost notification delays delivery by at most one poll.
 
 :class:`Sequencer` runs on every replica; the advisory lock in storage/stream.py lets only
 one of them assign seqs at a time.
@@ -18,12 +19,11 @@ import logging
 import time
 from collections.abc import Callable
 
-import psycopg
-from psycopg import sql
-
+from domain.events import ChangeEvent
 from storage import stream
-from storage.db import Database, PoolSettings, session_options
-from storage.stream import ChangeEvent, CursorExpired
+from storage.db import Database, PoolSettings
+from storage.notify import Notifications
+from storage.stream import CursorExpired
 
 log = logging.getLogger(__name__)
 
@@ -185,42 +185,26 @@ class Tail:
         """Keeps a LISTEN connection open (outside the pool); each NOTIFY wakes the reader."""
         delay = _BACKOFF_START_S
         while True:
+            notifications = Notifications(self.pool_settings)
+            connected = False
             try:
-                conn = await psycopg.AsyncConnection.connect(
-                    self.pool_settings.conninfo,
-                    autocommit=True,
-                    options=session_options(self.pool_settings),
-                    connect_timeout=max(2, self.pool_settings.connect_timeout_s),
-                    keepalives=1,
-                    keepalives_idle=10,
-                    keepalives_interval=5,
-                    keepalives_count=3,
-                )
-            except Exception as exc:
-                log.warning("LISTEN connection failed (retry in %.1fs): %s", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _BACKOFF_MAX_S)
-                continue
-            try:
-                async with conn:
-                    await conn.execute(
-                        sql.SQL("LISTEN {}").format(sql.Identifier(stream.NOTIFY_CHANNEL))
-                    )
-                    self.listen_pid = conn.info.backend_pid
-                    self.listen_connected = True
-                    delay = _BACKOFF_START_S
-                    # Anything sequenced while disconnected is read at once.
+                async for _ in notifications.listen():
+                    if not connected:
+                        connected = self.listen_connected = True
+                        self.listen_pid = notifications.backend_pid
+                        delay = _BACKOFF_START_S
+                    # The first wake-up reads anything sequenced while disconnected.
                     self._wake.set()
-                    async for _ in conn.notifies():
-                        self._wake.set()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("LISTEN connection lost (reconnecting in %.1fs): %s", delay, exc)
+                what = "lost" if connected else "failed"
+                log.warning("LISTEN connection %s (retry in %.1fs): %s", what, delay, exc)
             finally:
                 self.listen_connected = False
                 self.listen_pid = None
-            self.reconnects += 1
+            if connected:
+                self.reconnects += 1
             await asyncio.sleep(delay)
             delay = min(delay * 2, _BACKOFF_MAX_S)
 

@@ -15,13 +15,15 @@ from platform_admin.v1 import config_pb2, config_pb2_grpc
 from domain import config_keys, paging
 from domain.config_keys import ConfigTarget, Scope
 from domain.errors import InvalidArgument, NotFound, PermissionDenied
-from domain.etags import format_etag, parse_etag
+from domain.etags import parse_etag
+from domain.events import ConfigChanged
 from domain.ids import CONFIG_HISTORY, check_ulid, with_prefix
 from domain.resolution import resolve
 from server.changes.read_model import ReadModel
 from server.rpc.convert import (
     SCOPE_TO_PROTO,
     VALUE_TYPE_TO_PROTO,
+    config_to_proto,
     scope_from_proto,
     source_scope_to_proto,
     timestamp,
@@ -30,24 +32,10 @@ from server.rpc.convert import (
 )
 from server.security import principal as principal_ctx
 from storage import configs
-from storage.configs import ConfigRow, HistoryRow
+from storage.configs import HistoryRow
 from storage.db import Database
 
 MAX_RESOLVE_KEYS = 1000
-
-
-def config_to_proto(row: ConfigRow) -> config_pb2.Config:
-    return config_pb2.Config(
-        key=row.key,
-        scope=SCOPE_TO_PROTO[Scope(row.scope)],
-        tenant_id=row.tenant_id or "",
-        node_id=row.node_id or "",
-        value=value_to_proto(row.typed_value),
-        description=row.description or "",
-        archived=row.is_archived,
-        update_time=timestamp(row.updated_at),
-        etag=format_etag(row.version),
-    )
 
 
 def _history_to_proto(row: HistoryRow) -> config_pb2.ConfigHistoryEntry:
@@ -138,11 +126,11 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         # Resolution answers from memory when set (server/changes/read_model.py); writes feed it.
         self.read_model = read_model
 
-    def _wrote(self, row: ConfigRow) -> ConfigRow:
+    def _wrote(self, config: ConfigChanged) -> ConfigChanged:
         """Read-your-writes: this process resolves with the new state from now on."""
         if self.read_model is not None:
-            self.read_model.apply_config_row(row)
-        return row
+            self.read_model.apply(config)
+        return config
 
     def _actor(self) -> str | None:
         return principal_ctx.current().subject
@@ -157,7 +145,7 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
     ) -> config_pb2.GetConfigResponse:
         _, target = _target(request, for_write=False)
         row = await configs.get(self.db, target)
-        return config_pb2.GetConfigResponse(config=config_to_proto(row))
+        return config_pb2.GetConfigResponse(config=config_to_proto(row.event()))
 
     async def ListConfigs(
         self, request: config_pb2.ListConfigsRequest, context: grpc.aio.ServicerContext
@@ -189,7 +177,7 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
             limit=limit + 1,
         )
         response = config_pb2.ListConfigsResponse(
-            configs=[config_to_proto(r) for r in rows[:limit]]
+            configs=[config_to_proto(r.event()) for r in rows[:limit]]
         )
         if len(rows) > limit:
             last = rows[limit - 1]

@@ -16,22 +16,16 @@ from platform_admin.v1 import flag_pb2, flag_pb2_grpc
 from domain import flags as rules
 from domain import paging
 from domain.errors import Collector, InvalidArgument, PermissionDenied
-from domain.etags import format_etag, parse_etag
-from domain.flags import Evaluation, Override, Reason
+from domain.etags import parse_etag
+from domain.events import FlagChanged
+from domain.flags import Override
 from domain.ids import check_ulid
 from server.changes.read_model import ReadModel
-from server.rpc.convert import timestamp
+from server.rpc.convert import REASON_TO_PROTO, evaluation_to_proto, flag_to_proto
 from server.security import principal as principal_ctx
 from storage import flags
 from storage.db import Database
-from storage.flags import FlagRow
 
-REASON_TO_PROTO = {
-    Reason.DEFAULT: flag_pb2.EVALUATION_REASON_DEFAULT,
-    Reason.TENANT_ENABLED: flag_pb2.EVALUATION_REASON_TENANT_ENABLED,
-    Reason.TENANT_DISABLED: flag_pb2.EVALUATION_REASON_TENANT_DISABLED,
-    Reason.ARCHIVED: flag_pb2.EVALUATION_REASON_ARCHIVED,
-}
 OVERRIDE_FROM_PROTO = {
     flag_pb2.TENANT_OVERRIDE_ENABLED: Override.ENABLED,
     flag_pb2.TENANT_OVERRIDE_DISABLED: Override.DISABLED,
@@ -47,26 +41,6 @@ class FlagWatch(Protocol):
     def WatchFlags(
         self, request: flag_pb2.WatchFlagsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[flag_pb2.WatchFlagsResponse]: ...
-
-
-def flag_to_proto(row: FlagRow) -> flag_pb2.Flag:
-    return flag_pb2.Flag(
-        key=row.key,
-        description=row.description or "",
-        default_enabled=row.default_enabled,
-        enabled_tenant_ids=sorted(row.enabled_tenant_ids),
-        disabled_tenant_ids=sorted(row.disabled_tenant_ids),
-        archived=row.is_archived,
-        create_time=timestamp(row.created_at),
-        update_time=timestamp(row.updated_at),
-        etag=format_etag(row.version),
-    )
-
-
-def _evaluation_to_proto(evaluation: Evaluation) -> flag_pb2.Evaluation:
-    return flag_pb2.Evaluation(
-        enabled=evaluation.enabled, reason=REASON_TO_PROTO[evaluation.reason]
-    )
 
 
 def _checked(errors: Collector, check: Callable[[str, str], str], field: str, value: str) -> str:
@@ -97,11 +71,11 @@ class FlagServicer(flag_pb2_grpc.FlagServiceServicer):
         # Evaluations answer from memory when set (server/changes/read_model.py); writes feed it.
         self.read_model = read_model
 
-    def _wrote(self, row: FlagRow) -> FlagRow:
+    def _wrote(self, flag: FlagChanged) -> FlagChanged:
         """Read-your-writes: this process answers with the new state from now on."""
         if self.read_model is not None:
-            self.read_model.apply_flag_row(row)
-        return row
+            self.read_model.apply(flag)
+        return flag
 
     def _actor(self) -> str | None:
         return principal_ctx.current().subject
@@ -122,7 +96,7 @@ class FlagServicer(flag_pb2_grpc.FlagServiceServicer):
         self, request: flag_pb2.GetFlagRequest, context: grpc.aio.ServicerContext
     ) -> flag_pb2.GetFlagResponse:
         row = await flags.get(self.db, rules.check_key("key", request.key))
-        return flag_pb2.GetFlagResponse(flag=flag_to_proto(row))
+        return flag_pb2.GetFlagResponse(flag=flag_to_proto(row.event()))
 
     async def ListFlags(
         self, request: flag_pb2.ListFlagsRequest, context: grpc.aio.ServicerContext
@@ -141,7 +115,9 @@ class FlagServicer(flag_pb2_grpc.FlagServiceServicer):
         rows = await flags.list_rows(
             self.db, show_archived=request.show_archived, after_key=after_key, limit=limit + 1
         )
-        response = flag_pb2.ListFlagsResponse(flags=[flag_to_proto(r) for r in rows[:limit]])
+        response = flag_pb2.ListFlagsResponse(
+            flags=[flag_to_proto(r.event()) for r in rows[:limit]]
+        )
         if len(rows) > limit:
             response.next_page_token = paging.encode("flags", filters, [rows[limit - 1].key])
         return response
@@ -205,7 +181,7 @@ class FlagServicer(flag_pb2_grpc.FlagServiceServicer):
         )
         return flag_pb2.SetTenantOverrideResponse(flag=flag_to_proto(row))
 
-    async def _set_archived(self, key: str, etag: str, archived: bool) -> FlagRow:
+    async def _set_archived(self, key: str, etag: str, archived: bool) -> FlagChanged:
         errors = Collector()
         checked_key = _checked(errors, rules.check_key, "key", key)
         expected = None
@@ -263,7 +239,7 @@ class FlagServicer(flag_pb2_grpc.FlagServiceServicer):
         response = flag_pb2.EvaluateFlagsResponse()
         if not keys:
             for live in await flags.live(self.db):
-                response.evaluations[live.key].CopyFrom(_evaluation_to_proto(live.evaluate(tenant)))
+                response.evaluations[live.key].CopyFrom(evaluation_to_proto(live.evaluate(tenant)))
             return response
         found = await flags.get_many(self.db, keys)
         for key in dict.fromkeys(keys):  # request order, each key once
@@ -271,7 +247,7 @@ class FlagServicer(flag_pb2_grpc.FlagServiceServicer):
             if row is None:
                 response.missing_keys.append(key)
             else:
-                response.evaluations[key].CopyFrom(_evaluation_to_proto(row.evaluate(tenant)))
+                response.evaluations[key].CopyFrom(evaluation_to_proto(row.evaluate(tenant)))
         return response
 
     async def WatchFlags(

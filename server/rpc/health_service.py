@@ -7,7 +7,7 @@ here is that a caller acting as a service reports only for its own service_id.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -21,6 +21,7 @@ from domain.errors import Collector, InvalidArgument, PermissionDenied
 from domain.etags import format_etag, parse_etag
 from domain.health import AllowList, Status
 from domain.ids import HEALTH_CHECK_RESULT, HEALTH_SOURCE, check_ulid, strip_prefix, with_prefix
+from server.rpc.convert import timestamp
 from server.security import principal as principal_ctx
 from storage import health
 from storage.db import Database
@@ -32,19 +33,6 @@ STATUS_TO_PROTO = {
     Status.UNHEALTHY: health_pb2.HEALTH_STATUS_UNHEALTHY,
 }
 STATUS_FROM_PROTO = {v: k for k, v in STATUS_TO_PROTO.items()}
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-
-def timestamp(value: datetime | None) -> Timestamp | None:
-    """datetime → Timestamp by integer arithmetic: twice as fast as FromDatetime, which
-    matters for pages of a thousand results."""
-    if value is None:
-        return None
-    micros = (value - _EPOCH) // _MICROSECOND
-    return Timestamp(seconds=micros // 1_000_000, nanos=(micros % 1_000_000) * 1000)
 
 
 def _status(value: str | Status | None) -> health_pb2.HealthStatus:

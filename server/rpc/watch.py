@@ -1,13 +1,13 @@
-"""WatchFlags and WatchConfigs: one streaming mechanism over the change stream.
+"""WatchFlags and WatchConfigs: cursors, filters and messages over the change feed.
 
-A stream starts with a snapshot (read with its head seq in one REPEATABLE READ
-transaction) or from a cursor, catches up from the database page by page, then goes
-live: it registers with the process's fan-out at the tail's head and reads the small gap
-up to that head once more, so nothing is missed and duplicates (by seq) are skipped.
-Live events arrive in a bounded per-subscriber queue filled by the tail's listener; a
-subscriber whose queue is full is ended with RESOURCE_EXHAUSTED (it resumes by cursor),
-so memory stays bounded and nobody else waits for it. While waiting, a stream holds no
-pooled connection. Idle streams get heartbeats carrying the head cursor.
+A stream is one subscription to the process's change feed (server/changes/feed.py), which
+owns the protocol: snapshot or cursor, catching up from the database, going live without
+a gap, falling back to the database when the bounded queue overflows. What this module
+adds is what a gRPC client sees: cursors (domain/cursor.py) that name this database, the
+key and tenant filters, one message per event shared by every stream that sends it
+(encoded once), heartbeats carrying the head cursor, and how a stream ends. A subscriber
+whose queue overflowed and that makes no progress within STUCK_WRITE_S (a client that does
+not read) is ended with RESOURCE_EXHAUSTED; it resumes by cursor.
 
 Within one row identity, versions are delivered in increasing order: an event whose
 version is not newer than the one already delivered on that stream is dropped.
@@ -18,39 +18,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import grpc
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 from platform_admin.v1 import config_pb2, flag_pb2, watch_pb2
 
-from domain import config_keys, cursor
-from domain.config_keys import Scope
+from domain import config_keys, cursor, events
 from domain.errors import DomainError, InvalidArgument, ResourceExhausted, Unavailable
-from domain.etags import format_etag
+from domain.events import ChangeEvent, ConfigChanged, FlagChanged
 from domain.flags import check_key
-from server.changes.tail import Tail
+from server.changes.feed import SNAPSHOT, ChangeFeed, Expired, Idle, Start, Subscription
 from server.ops import metrics
-from server.rpc.convert import SCOPE_TO_PROTO, value_to_proto
+from server.rpc.convert import config_to_proto, flag_to_proto, now
 from server.rpc.errors import to_status
 from server.security import principal as principal_ctx
-from storage import outbox, stream
+from storage import stream
 from storage.db import Database
-from storage.stream import ChangeEvent, Snapshot
+from storage.stream import Snapshot
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 15.0
-# Events buffered per subscriber before it is cut off as too slow.
+# Events buffered per subscriber before it is sent back to the database.
 QUEUE_LIMIT = 1000
-CATCH_UP_PAGE = 500
 MAX_KEYS = 1000
 # A stream that was ended but has not finished by itself within this time is stuck in
 # a write to a client that does not read: its task is cancelled and the status queued.
@@ -58,109 +53,55 @@ STUCK_WRITE_S = 0.5
 READY_TIMEOUT_S = 10.0
 _MESSAGE_CACHE = 4096
 
-
-def _timestamp(iso: str | None) -> Timestamp | None:
-    if not iso:
-        return None
-    ts = Timestamp()
-    ts.FromDatetime(datetime.fromisoformat(iso))
-    return ts
-
-
-def flag_from_payload(p: dict[str, Any]) -> flag_pb2.Flag:
-    return flag_pb2.Flag(
-        key=p["key"],
-        description=p.get("description") or "",
-        default_enabled=bool(p.get("default_enabled")),
-        enabled_tenant_ids=sorted(p.get("enabled_tenant_ids") or ()),
-        disabled_tenant_ids=sorted(p.get("disabled_tenant_ids") or ()),
-        archived=bool(p.get("archived")),
-        create_time=_timestamp(p.get("create_time")),
-        update_time=_timestamp(p.get("update_time")),
-        etag=format_etag(int(p["version"])),
-    )
-
-
-def config_from_payload(p: dict[str, Any]) -> config_pb2.Config:
-    return config_pb2.Config(
-        key=p["key"],
-        scope=SCOPE_TO_PROTO[Scope(p["scope"])],
-        tenant_id=p.get("tenant_id") or "",
-        node_id=p.get("node_id") or "",
-        value=value_to_proto(p["value"]),
-        description=p.get("description") or "",
-        archived=bool(p.get("archived")),
-        update_time=_timestamp(p.get("update_time")),
-        etag=format_etag(int(p["version"])),
-    )
+C = TypeVar("C", FlagChanged, ConfigChanged)
 
 
 @dataclass(frozen=True)
-class StreamKind:
+class StreamKind(Generic[C]):
     """What differs between WatchFlags and WatchConfigs; everything else is shared."""
 
     name: str
     subject: str
+    change: type[C]
     response: Callable[..., Message]
     changed_field: str
-    to_proto: Callable[[dict[str, Any]], Message]
-    identity: Callable[[dict[str, Any]], Hashable]
+    to_proto: Callable[[C], Message]
 
 
 FLAGS = StreamKind(
     name="flags",
-    subject=outbox.FLAG_CHANGED,
+    subject=events.FLAG_CHANGED,
+    change=FlagChanged,
     response=flag_pb2.WatchFlagsResponse,
     changed_field="flag_changed",
-    to_proto=flag_from_payload,
-    identity=lambda p: p["key"],
+    to_proto=flag_to_proto,
 )
 CONFIGS = StreamKind(
     name="configs",
-    subject=outbox.CONFIG_CHANGED,
+    subject=events.CONFIG_CHANGED,
+    change=ConfigChanged,
     response=config_pb2.WatchConfigsResponse,
     changed_field="config_changed",
-    to_proto=config_from_payload,
-    identity=lambda p: (p["key"], p["scope"], p.get("tenant_id"), p.get("node_id")),
+    to_proto=config_to_proto,
 )
-
-Accept = Callable[[ChangeEvent], bool]
 
 
 class Subscriber:
-    """One open stream: its bounded queue and how it ends."""
+    """One open stream: its subscription and how it ends."""
 
-    __slots__ = (
-        "accept",
-        "context",
-        "ended",
-        "events",
-        "kind",
-        "lagging",
-        "progress",
-        "task",
-        "wake",
-    )
+    __slots__ = ("context", "ended", "kind", "subscription", "task")
 
     def __init__(
         self,
-        kind: StreamKind,
-        accept: Accept,
+        kind: StreamKind[Any],
         task: asyncio.Task[Any] | None,
         context: grpc.aio.ServicerContext,
     ) -> None:
         self.kind = kind
-        self.accept = accept
         self.task = task
         self.context = context
-        self.events: deque[ChangeEvent] = deque()
-        self.wake = asyncio.Event()
+        self.subscription: Subscription | None = None
         self.ended: DomainError | None = None
-        # Set when the queue overflowed: the stream catches up from the database again.
-        self.lagging = False
-        # Events handled so far (sent or skipped): a stream that makes none while lagging
-        # is stuck in a write to a client that does not read.
-        self.progress = 0
 
 
 class Watch:
@@ -169,17 +110,15 @@ class Watch:
     def __init__(
         self,
         db: Database,
-        tail: Tail,
+        feed: ChangeFeed,
         heartbeat_s: float = HEARTBEAT_S,
         queue_limit: int = QUEUE_LIMIT,
     ) -> None:
         self.db = db
-        self.tail = tail
+        self.feed = feed
         self.heartbeat_s = heartbeat_s
         self.queue_limit = queue_limit
         self.closing = False
-        # Streams by subject that receive live events; all open streams.
-        self._live: dict[str, set[Subscriber]] = {FLAGS.subject: set(), CONFIGS.subject: set()}
         self._streams: set[Subscriber] = set()
         self._enforcers: set[asyncio.Task[None]] = set()
         self._messages: OrderedDict[tuple[uuid.UUID, str, int], Message] = OrderedDict()
@@ -187,8 +126,6 @@ class Watch:
         # database after their queue overflowed, since start (operators' counters).
         self.cut_off = 0
         self.fell_behind = 0
-        tail.add_listener(self._on_events)
-        tail.add_gap_listener(self._on_gap)
 
     # -- registry ---------------------------------------------------------------------
 
@@ -199,57 +136,26 @@ class Watch:
     @property
     def buffered_events(self) -> int:
         """Events waiting in all queues together (bounded by streams x queue_limit)."""
-        return sum(len(s.events) for s in self._streams)
+        return sum(len(s.subscription.queue) for s in self._streams if s.subscription)
 
-    def _on_events(self, events: list[ChangeEvent]) -> None:
-        """Tail listener: appends each event to the queue of every stream that wants it."""
-        by_subject: dict[str, list[ChangeEvent]] = {}
-        for event in events:
-            if event.subject in self._live:
-                by_subject.setdefault(event.subject, []).append(event)
-        for subject, batch in by_subject.items():
-            for sub in list(self._live[subject]):
-                wanted = [e for e in batch if sub.accept(e)]
-                if not wanted:
-                    continue
-                if len(sub.events) + len(wanted) > self.queue_limit:
-                    metrics.watch_dropped(sub.kind.name, len(sub.events) + len(wanted))
-                    self._fall_behind(sub)
-                    continue
-                sub.events.extend(wanted)
-                sub.wake.set()
-
-    def _on_gap(self) -> None:
-        """The tail lost events: live streams cannot continue; their cursors decide."""
-        for sub in [s for subs in self._live.values() for s in subs]:
-            self._end(
-                sub,
-                Unavailable(
-                    "this server fell behind the change stream; resume with the last cursor"
-                    " received",
-                    reason="STREAM_RESTARTED",
-                ),
-            )
-
-    def _fall_behind(self, sub: Subscriber) -> None:
-        """A full queue: the queue is dropped and the stream reads from the database again.
+    def _fall_behind(self, sub: Subscriber, subscription: Subscription) -> None:
+        """A full queue: the subscription dropped it and reads from the database again.
 
         A burst (one transaction changing thousands of rows) only sends readers back to
         the database. A client that does not read at all is ended: its stream, stuck in
         a write, makes no progress within STUCK_WRITE_S.
         """
         self.fell_behind += 1
-        sub.events.clear()
-        self._live[sub.kind.subject].discard(sub)
-        sub.lagging = True
-        sub.wake.set()
-        checker = asyncio.get_running_loop().create_task(self._check_progress(sub, sub.progress))
+        metrics.watch_dropped(sub.kind.name, subscription.dropped)
+        checker = asyncio.get_running_loop().create_task(
+            self._check_progress(sub, subscription, subscription.progress)
+        )
         self._enforcers.add(checker)
         checker.add_done_callback(self._enforcers.discard)
 
-    async def _check_progress(self, sub: Subscriber, mark: int) -> None:
+    async def _check_progress(self, sub: Subscriber, subscription: Subscription, mark: int) -> None:
         await asyncio.sleep(STUCK_WRITE_S)
-        if sub.ended is None and sub.progress == mark and sub in self._streams:
+        if sub.ended is None and subscription.progress == mark and sub in self._streams:
             self.cut_off += 1
             self._end(
                 sub,
@@ -264,9 +170,8 @@ class Watch:
         if sub.ended is not None:
             return
         sub.ended = error
-        sub.events.clear()
-        self._live[sub.kind.subject].discard(sub)
-        sub.wake.set()
+        if sub.subscription is not None:
+            sub.subscription.close()
         enforcer = asyncio.get_running_loop().create_task(self._enforce(sub, error))
         self._enforcers.add(enforcer)
         enforcer.add_done_callback(self._enforcers.discard)
@@ -312,9 +217,10 @@ class Watch:
         keys = _checked_keys(request.keys, check_key)
 
         def accept(event: ChangeEvent) -> bool:
-            return keys is None or event.payload.get("key") in keys
+            change = event.change
+            return keys is None or (isinstance(change, FlagChanged) and change.key in keys)
 
-        async def snapshot() -> Snapshot:
+        async def snapshot() -> Snapshot[FlagChanged]:
             return await stream.flag_snapshot(self.db, sorted(keys) if keys else None)
 
         async for message in self._serve(FLAGS, request.cursor, accept, snapshot, context):
@@ -328,17 +234,14 @@ class Watch:
         tenant_only, tenant_id = who.is_tenant_scoped, who.tenant_id
 
         def accept(event: ChangeEvent) -> bool:
-            p = event.payload
-            if keys is not None and p.get("key") not in keys:
+            change = event.change
+            if not isinstance(change, ConfigChanged):
                 return False
-            # A tenant admin sees PLATFORM rows and its own tenant's rows, nothing else.
-            return (
-                not tenant_only
-                or p.get("scope") == "PLATFORM"
-                or (p.get("scope") == "TENANT" and p.get("tenant_id") == tenant_id)
-            )
+            if keys is not None and change.key not in keys:
+                return False
+            return not tenant_only or change.visible_to_tenant(tenant_id)
 
-        async def snapshot() -> Snapshot:
+        async def snapshot() -> Snapshot[ConfigChanged]:
             return await stream.config_snapshot(
                 self.db, sorted(keys) if keys else None, tenant_id, tenant_only
             )
@@ -348,10 +251,10 @@ class Watch:
 
     async def _serve(
         self,
-        kind: StreamKind,
+        kind: StreamKind[C],
         cursor_text: str,
-        accept: Accept,
-        snapshot: Callable[[], Awaitable[Snapshot]],
+        accept: Callable[[ChangeEvent], bool],
+        snapshot: Callable[[], Awaitable[Snapshot[C]]],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[Message]:
         given = cursor.decode(cursor_text) if cursor_text else None
@@ -360,126 +263,81 @@ class Watch:
                 "the server is shutting down; retry on another replica",
                 reason="SERVER_SHUTTING_DOWN",
             )
-        sub = Subscriber(kind, accept, asyncio.current_task(), context)
+        sub = Subscriber(kind, asyncio.current_task(), context)
         self._streams.add(sub)
         metrics.watch_subscribed(kind.name)
         try:
             await self._ready()
             state = await stream.state(self.db)
             database_id = state.database_id
-            delivered: dict[Hashable, int] = {}
+            after: int | Start = SNAPSHOT
             if given is not None:
-                position = cursor.verify(given, database_id)
-                head = self.tail.head_seq
-                if position > head:
+                after = cursor.verify(given, database_id)
+                head = self.feed.head_seq
+                if after > head:
                     head = await stream.head(self.db)
-                cursor.check_position(position, state.pruned_seq, head)
-            else:
-                snap = await snapshot()
-                for payload in snap.payloads:
-                    _raise_if_ended(sub)
-                    delivered[kind.identity(payload)] = int(payload["version"])
-                    yield kind.response(snapshot=kind.to_proto(payload))
-                position = snap.head_seq
-                yield kind.response(
-                    cursor=cursor.encode(database_id, position),
-                    snapshot_end=watch_pb2.SnapshotEnd(count=len(snap.payloads)),
-                )
-
-            while True:  # each round: catch up from the database, then follow the tail
-                # Catch up from the database until a short page: near the head.
-                while True:
-                    _raise_if_ended(sub)
-                    events = await stream.read_after(
-                        self.db, position, CATCH_UP_PAGE, subjects=[kind.subject]
-                    )
-                    sub.progress += 1
-                    for event in events:
-                        message = self._message(kind, database_id, event, delivered, accept)
-                        position = event.seq
-                        sub.progress += 1
-                        if message is not None:
-                            yield message
-                    if len(events) < CATCH_UP_PAGE:
-                        break
-
-                # Go live: from here every batch after the tail's head reaches the queue;
-                # the gap up to that head is read once more from the database.
+                cursor.check_position(after, state.pruned_seq, head)
+            sub.subscription = self.feed.subscribe(
+                after,
+                subjects=[kind.subject],
+                accept=accept,
+                queue_limit=self.queue_limit,
+                idle_s=self.heartbeat_s,
+                snapshot=snapshot,
+                on_lagging=lambda subscription: self._fall_behind(sub, subscription),
+            )
+            delivered: dict[Hashable, int] = {}
+            async for item in sub.subscription:
                 _raise_if_ended(sub)
-                sub.lagging = False
-                live_from = self.tail.head_seq
-                self._live[kind.subject].add(sub)
-                while live_from > position:
-                    events = await stream.read_after(
-                        self.db, position, CATCH_UP_PAGE, upto=live_from, subjects=[kind.subject]
+                if isinstance(item, ChangeEvent):
+                    message = self._message(kind, database_id, item, delivered)
+                    if message is not None:
+                        yield message
+                elif isinstance(item, Idle):
+                    yield kind.response(
+                        cursor=cursor.encode(database_id, item.position),
+                        heartbeat=watch_pb2.Heartbeat(server_time=now()),
                     )
-                    for event in events:
-                        message = self._message(kind, database_id, event, delivered, accept)
-                        position = event.seq
-                        sub.progress += 1
-                        if message is not None:
-                            yield message
-                    if len(events) < CATCH_UP_PAGE:
-                        break
-                position = max(position, live_from)
-
-                last_sent = time.monotonic()
-                while not sub.lagging:
-                    _raise_if_ended(sub)
-                    if sub.events:
-                        event = sub.events.popleft()
-                        sub.progress += 1
-                        if event.seq <= position:
-                            continue
-                        position = event.seq
-                        message = self._message(kind, database_id, event, delivered, accept)
-                        if message is not None:
-                            yield message
-                            last_sent = time.monotonic()
-                        continue
-                    idle_for = self.heartbeat_s - (time.monotonic() - last_sent)
-                    if idle_for <= 0:
-                        # The queue is empty: every event up to the tail's head was handled.
-                        position = max(position, self.tail.head_seq)
-                        yield kind.response(
-                            cursor=cursor.encode(database_id, position),
-                            heartbeat=watch_pb2.Heartbeat(server_time=_now()),
-                        )
-                        last_sent = time.monotonic()
-                        continue
-                    sub.wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(idle_for):
-                            await sub.wake.wait()
+                elif isinstance(item, Snapshot):
+                    for change in item.changes:
+                        _raise_if_ended(sub)
+                        delivered[change.identity] = change.version
+                        yield kind.response(snapshot=kind.to_proto(change))
+                    yield kind.response(
+                        cursor=cursor.encode(database_id, item.head_seq),
+                        snapshot_end=watch_pb2.SnapshotEnd(count=len(item.changes)),
+                    )
+                elif isinstance(item, Expired):
+                    raise item.error
+            _raise_if_ended(sub)
         finally:
             metrics.watch_unsubscribed(kind.name)
             self._streams.discard(sub)
-            self._live[kind.subject].discard(sub)
-            sub.events.clear()
+            if sub.subscription is not None:
+                sub.subscription.close()
 
     def _message(
         self,
-        kind: StreamKind,
+        kind: StreamKind[C],
         database_id: uuid.UUID,
         event: ChangeEvent,
         delivered: dict[Hashable, int],
-        accept: Accept,
     ) -> Message | None:
         """The message for ``event`` on one stream, or None when the stream skips it."""
-        if event.subject != kind.subject or not accept(event):
+        change = event.change
+        if not isinstance(change, kind.change):
             return None
-        identity = kind.identity(event.payload)
-        version = int(event.payload.get("version", 0))
-        if version <= delivered.get(identity, 0):
+        identity = change.identity
+        if change.version <= delivered.get(identity, 0):
             return None  # not newer than what this stream already has
-        delivered[identity] = version
+        delivered[identity] = change.version
         # One message per event, shared by every stream that sends it.
         key = (database_id, kind.name, event.seq)
         message = self._messages.get(key)
         if message is None:
             message = kind.response(
                 cursor=cursor.encode(database_id, event.seq),
-                **{kind.changed_field: kind.to_proto(event.payload)},
+                **{kind.changed_field: kind.to_proto(change)},
             )
             self._messages[key] = message
             if len(self._messages) > _MESSAGE_CACHE:
@@ -488,11 +346,11 @@ class Watch:
         return message
 
     async def _ready(self) -> None:
-        if self.tail.ready.is_set():
+        if self.feed.ready.is_set():
             return
         try:
             async with asyncio.timeout(READY_TIMEOUT_S):
-                await self.tail.ready.wait()
+                await self.feed.ready.wait()
         except TimeoutError:
             raise Unavailable(
                 "the change stream is not available yet; retry", reason="STREAM_NOT_READY"
@@ -502,12 +360,6 @@ class Watch:
 def _raise_if_ended(sub: Subscriber) -> None:
     if sub.ended is not None:
         raise sub.ended
-
-
-def _now() -> Timestamp:
-    ts = Timestamp()
-    ts.GetCurrentTime()
-    return ts
 
 
 def _checked_keys(keys: Sequence[str], check: Callable[[str, str], str]) -> frozenset[str] | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from domain import config_keys
-from domain.read_model import ConfigState, FlagState, tenant_set
+from domain.read_state import ConfigState, FlagState, tenant_set
 from storage import stream
 from storage.db import Database
 
@@ -41,8 +41,7 @@ class Loaded:
 async def load_all(db: Database) -> Loaded:
     async with db.read() as conn, conn.transaction():
         await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        cur = await conn.execute(stream._HEAD)
-        head_row = await cur.fetchone()
+        head_seq = await stream.head_in(conn)
         shared: dict[str, str] = {}
         same = shared.setdefault
         flags: list[FlagState] = []
@@ -74,4 +73,4 @@ async def load_all(db: Database) -> Loaded:
         )
         for key, scope, tenant_id, node_id, value, archived, version in config_rows
     ]
-    return Loaded(int(head_row[0]) if head_row else 0, flags, configs)
+    return Loaded(head_seq, flags, configs)

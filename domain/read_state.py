@@ -1,8 +1,8 @@
 """The in-memory read model's state: every flag and config, and the answers derived from them.
 
-Pure: no gRPC, no SQL, no clock. States come from change-event payloads (the outbox
-carries the full new state with its version), so loading a snapshot and applying the
-change stream are the same operation. Every apply is guarded by version: a state is
+Pure: no gRPC, no SQL, no clock. States come from change events (domain/events.py: the
+outbox carries the full new state with its version), so loading a snapshot and applying
+the change stream are the same operation. Every apply is guarded by version: a state is
 taken only when it is newer than the one held, so replays, the overlap between a
 snapshot and the stream, and a writer applying its own result in any order all converge
 on the newest state.
@@ -20,15 +20,11 @@ exactly the entries that depended on it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from domain.config_keys import ConfigKeySpec, ConfigValue, Scope
+from domain.events import ConfigChanged, FlagChanged
 from domain.flags import Evaluation, Reason, evaluate
-
-_SCOPES = {s.value: s for s in Scope}
-
 
 # Up to this many tenants a list is kept as a tuple: a scan of a short tuple is as fast as
 # a set look-up and takes a fifth of the memory (most flags name a few tenants).
@@ -50,14 +46,14 @@ class FlagState:
     version: int
 
     @classmethod
-    def from_payload(cls, payload: Mapping[str, Any]) -> FlagState:
+    def from_event(cls, flag: FlagChanged) -> FlagState:
         return cls(
-            key=payload["key"],
-            default_enabled=bool(payload["default_enabled"]),
-            enabled=tenant_set(list(payload["enabled_tenant_ids"])),
-            disabled=tenant_set(list(payload["disabled_tenant_ids"])),
-            archived=bool(payload["archived"]),
-            version=int(payload["version"]),
+            key=flag.key,
+            default_enabled=flag.default_enabled,
+            enabled=tenant_set(list(flag.enabled_tenant_ids)),
+            disabled=tenant_set(list(flag.disabled_tenant_ids)),
+            archived=flag.archived,
+            version=flag.version,
         )
 
     def evaluate(self, tenant_id: str) -> Evaluation:
@@ -85,15 +81,15 @@ class ConfigState:
     version: int
 
     @classmethod
-    def from_payload(cls, payload: Mapping[str, Any]) -> ConfigState:
+    def from_event(cls, config: ConfigChanged) -> ConfigState:
         return cls(
-            key=payload["key"],
-            scope=_SCOPES[payload["scope"]],
-            tenant_id=payload.get("tenant_id"),
-            node_id=payload.get("node_id"),
-            value=payload["value"],
-            archived=bool(payload["archived"]),
-            version=int(payload["version"]),
+            key=config.key,
+            scope=config.scope,
+            tenant_id=config.tenant_id,
+            node_id=config.node_id,
+            value=config.value,
+            archived=config.archived,
+            version=config.version,
         )
 
     @property
