@@ -111,7 +111,9 @@ class App:
         # The /metrics listener; `serve` starts it (tests may too).
         self.metrics = MetricsServer(self.db)
         # Every flag and config in memory, fed by the tail: Evaluate*/Resolve* never query.
-        self.read_model = ReadModel(self.db, self.changes)
+        self.read_model = ReadModel(
+            self.db, self.changes, answer_cache_bytes=self.settings.answer_cache_mib * 1024 * 1024
+        )
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port = 0

@@ -178,6 +178,14 @@ class Settings:
     migrate_on_start: bool = True
     # WatchFlags / WatchConfigs: seconds between heartbeats on an idle stream.
     watch_heartbeat_s: float = 15.0
+    # Limits on what one caller can make the process hold (see README, Security): open
+    # WatchFlags/WatchConfigs streams per process and per principal (the token's sub), the
+    # time a stream's snapshot may take to be written to the client, and the bytes each of
+    # the read model's two answer caches may hold.
+    watch_max_streams: int = 5000
+    watch_max_streams_per_principal: int = 1000
+    watch_snapshot_deadline_s: float = 60.0
+    answer_cache_mib: int = 16
     # Operations (server/ops/metrics.py, server/rpc/access_log.py). metrics_listen None: no
     # listener; with several workers, worker i listens on the port + i.
     metrics_listen: str | None = "127.0.0.1:9464"
@@ -237,6 +245,14 @@ class Settings:
             ),
             log_format=_choice(env, "PLATFORM_ADMIN_LOG_FORMAT", "text", ("text", "json")),
             watch_heartbeat_s=_float(env, "PLATFORM_ADMIN_WATCH_HEARTBEAT_S", 15.0, 0.1, 3600),
+            watch_max_streams=_int(env, "PLATFORM_ADMIN_WATCH_MAX_STREAMS", 5000, 1, 1_000_000),
+            watch_max_streams_per_principal=_int(
+                env, "PLATFORM_ADMIN_WATCH_MAX_STREAMS_PER_PRINCIPAL", 1000, 1, 1_000_000
+            ),
+            watch_snapshot_deadline_s=_float(
+                env, "PLATFORM_ADMIN_WATCH_SNAPSHOT_DEADLINE_S", 60.0, 1, 3600
+            ),
+            answer_cache_mib=_int(env, "PLATFORM_ADMIN_ANSWER_CACHE_MIB", 16, 0, 4096),
             migrate_on_start=_choice(
                 env, "PLATFORM_ADMIN_MIGRATE_ON_START", "true", ("true", "false")
             )

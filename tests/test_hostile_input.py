@@ -21,6 +21,7 @@ import os
 import string
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -41,6 +42,7 @@ from platform_admin.v1 import health_pb2_grpc as hpb_grpc
 
 from domain.ids import new_ulid
 from server.app import SERVICE_NAMES
+from server.rpc.pipeline import AllowAll
 from tests.auth_helpers import (
     ADMIN,
     READER,
@@ -629,3 +631,75 @@ async def test_control_characters_are_refused(
             named = path.split(".")[0]
             assert any(named in field for field in answer.fields), f"{shown}: {answer.fields}"
             assert table_counts(t.sql) == before, f"{shown} wrote rows"
+
+
+# --- memory an authenticated caller could pin -----------------------------------------------
+
+
+async def _create_flags(channel: grpc.aio.Channel, count: int) -> list[str]:
+    flags = flag_pb2_grpc.FlagServiceStub(channel)
+    keys = [f"mem.flag-{i}" for i in range(count)]
+    for key in keys:
+        await flags.CreateFlag(fpb.CreateFlagRequest(key=key), metadata=as_caller(ADMIN))
+    return keys
+
+
+@pytest.fixture
+async def memory_app(db_url, settings) -> AsyncIterator[Any]:
+    from server.app import App
+
+    application = App(replace(settings, answer_cache_mib=1), db_url, authorizer=AllowAll())
+    await application.start()
+    try:
+        yield application
+    finally:
+        await application.stop(grace=0)
+
+
+async def test_made_up_keys_pin_no_cache_memory(memory_app):
+    """999 distinct unknown 100-character keys per call, over many tenants: answered, with
+    every key in missing_keys, and nothing of it kept."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{memory_app.port}") as channel:
+        flags = flag_pb2_grpc.FlagServiceStub(channel)
+        await _create_flags(channel, 3)
+        cache = memory_app.read_model._flag_answers
+        for call_no in range(30):
+            keys = [f"k{call_no:03d}.{i:04d}".ljust(100, "x") for i in range(999)]
+            answer = await flags.EvaluateFlags(
+                fpb.EvaluateFlagsRequest(tenant_id=new_ulid(), keys=[*keys, "mem.flag-0"])
+            )
+            assert len(answer.missing_keys) == 999 and list(answer.evaluations) == ["mem.flag-0"]
+        assert (cache.size, cache.bytes) == (0, 0)
+        # Answers for keys that exist are cached, and bounded in bytes (1 MiB here).
+        for _ in range(2000):
+            await flags.EvaluateFlags(
+                fpb.EvaluateFlagsRequest(tenant_id=new_ulid(), keys=["mem.flag-1", "mem.flag-2"])
+            )
+        assert 0 < cache.bytes <= 1024 * 1024
+
+
+async def test_too_many_keys_are_refused_before_they_are_walked(memory_app):
+    """A 4 MiB EvaluateFlags of ~1 M one-character keys: INVALID_ARGUMENT, and the server
+    never turned the keys into Python objects (each would cost ~50 bytes)."""
+    import tracemalloc
+
+    request = fpb.EvaluateFlagsRequest(tenant_id=TENANT_A, keys=["a"] * 1_300_000)
+    raw = request.SerializeToString()
+    assert len(raw) < 4 * 1024 * 1024
+    del request
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{memory_app.port}") as channel:
+        call = channel.unary_unary(
+            "/platform_admin.v1.FlagService/EvaluateFlags",
+            request_serializer=lambda b: b,
+            response_deserializer=fpb.EvaluateFlagsResponse.FromString,
+        )
+        tracemalloc.start()
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call(raw, timeout=10)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 1000 keys" in (refused.value.details() or "")
+    assert peak < 10 * 1024 * 1024, f"{peak:,} bytes allocated while refusing"
