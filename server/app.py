@@ -97,7 +97,14 @@ class App:
         # The one way to consume the stream: every consumer subscribes here
         # (server/changes/feed.py; docs/adr/0006-change-events-and-subscriptions.md).
         self.changes = ChangeFeed(self.db, self.tail)
-        self.watch = Watch(self.db, self.changes, heartbeat_s=self.settings.watch_heartbeat_s)
+        self.watch = Watch(
+            self.db,
+            self.changes,
+            heartbeat_s=self.settings.watch_heartbeat_s,
+            max_streams=self.settings.watch_max_streams,
+            max_streams_per_principal=self.settings.watch_max_streams_per_principal,
+            snapshot_deadline_s=self.settings.watch_snapshot_deadline_s,
+        )
         # Metrics and the access log see every call; observers passed in come after them.
         self.observers = [
             RpcMetrics(),
