@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Generic, LiteralString, TypeVar
@@ -230,14 +230,25 @@ async def read_after(
             f"the changes after position {after} are older than the retention period"
             " and were removed; resync without a cursor"
         )
-    return [event for r in rows if r["seq"] is not None and (event := _event(r)) is not None]
+    return [event for r in rows if r["seq"] is not None and (event := _event(db, r)) is not None]
 
 
-def _event(r: dict[str, Any]) -> ChangeEvent | None:
+# Told (database, subject, seq) of every row skipped because its payload does not decode:
+# a consumer whose state must not silently miss a change (the read model) reloads.
+UndecodableListener = Callable[[Database, str, int], None]
+undecodable_listeners: list[UndecodableListener] = []
+
+
+def _event(db: Database, r: dict[str, Any]) -> ChangeEvent | None:
     try:
         change = events.decode(r["subject"], r["payload"])
     except events.UndecodableEvent as exc:
         log.error("outbox row %s (seq %d) skipped: %s", r["id"], r["seq"], exc)
+        for listener in list(undecodable_listeners):
+            try:
+                listener(db, r["subject"], r["seq"])
+            except Exception:
+                log.exception("undecodable-row listener failed")
         return None
     return ChangeEvent(
         seq=r["seq"],

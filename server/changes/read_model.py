@@ -33,6 +33,7 @@ Cached answers are encoded bytes: the pipeline hands bytes to gRPC unchanged
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -49,6 +50,7 @@ from domain.events import ChangeEvent, ConfigChanged, FlagChanged
 from domain.flags import Evaluation, Reason
 from server.changes.feed import ChangeFeed, Expired, Live, Subscription
 from server.rpc.convert import REASON_TO_PROTO, source_scope_to_proto, value_to_proto
+from storage import stream
 from storage.bulk_load import load_all
 from storage.db import Database
 
@@ -190,6 +192,11 @@ class ReadModel:
         self._config_answers = _AnswerCache(answer_cache_bytes)
         self._defaults: bytes | None = None
         self._written_while_loading: list[rm.FlagState | rm.ConfigState] | None = None
+        # The head of the snapshot the state was last loaded from, and why a reload is due
+        # (an event that failed to apply, or a row of ours the stream could not decode).
+        self._load_head = -1
+        self._reload_reason: str | None = None
+        stream.undecodable_listeners.append(self._on_undecodable)
 
     # --- loading and following the stream ----------------------------------------------
 
@@ -216,6 +223,8 @@ class ReadModel:
                 state.apply_config(item)
         self.state = state
         self.seq = loaded.head_seq
+        self._load_head = loaded.head_seq
+        self._reload_reason = None
         self._flag_answers.drop(rm.EVERYONE)
         self._config_answers.drop(rm.EVERYONE)
         self._defaults = None
@@ -254,7 +263,8 @@ class ReadModel:
                 delay = min(delay * 2, _RETRY_MAX_S)
 
     async def _follow(self) -> None:
-        """Applies the feed's events after ``seq``; reloads when the stream expired."""
+        """Applies the feed's events after ``seq``; reloads when the stream expired, when an
+        event failed to apply, or when a row of ours could not be decoded."""
         self._subscription = subscription = self.feed.subscribe(
             self.seq, subjects=_SUBJECTS, queue_limit=None
         )
@@ -262,7 +272,14 @@ class ReadModel:
             async for item in subscription:
                 if isinstance(item, ChangeEvent):
                     self._apply_event(item)
-                elif isinstance(item, Live):
+                if self._reload_reason is not None:
+                    # A change was not applied: the state may be wrong from here on, and
+                    # only a snapshot can say how. It keeps answering meanwhile.
+                    log.error("read model reloads from a snapshot: %s", self._reload_reason)
+                    self.attached.clear()
+                    await self._reload()
+                    return  # run() follows again from the new head
+                if isinstance(item, Live):
                     self.attached.set()
                 elif isinstance(item, Expired):
                     # Events after seq are gone (pruned unread): a snapshot replaces guesses,
@@ -270,6 +287,11 @@ class ReadModel:
                     log.warning("read model reloads from a snapshot: %s", item.error.message)
                     self.attached.clear()
                     await self._reload()
+            if self._reload_reason is not None and not self._stopped:
+                # Asked for while the subscription waited (it was closed to get here).
+                log.error("read model reloads from a snapshot: %s", self._reload_reason)
+                self.attached.clear()
+                await self._reload()
         finally:
             self.attached.clear()
             self._subscription = None
@@ -288,11 +310,30 @@ class ReadModel:
     def _apply_event(self, event: ChangeEvent) -> None:
         if event.seq <= self.seq:
             return
+        try:
+            self.apply(event.change)
+        except Exception as exc:
+            log.exception("read model could not apply the event at seq %d", event.seq)
+            self._want_reload(f"the event at seq {event.seq} failed to apply ({exc!r})")
         self.seq = event.seq
-        self.apply(event.change)
+
+    def _on_undecodable(self, db: Database, subject: str, seq: int) -> None:
+        """A row of this database the stream skipped: reload if it may be one we missed."""
+        if db is self.db and subject in _SUBJECTS and seq > self._load_head:
+            self._want_reload(f"the outbox row at seq {seq} ({subject}) does not decode")
+
+    def _want_reload(self, reason: str) -> None:
+        if self._reload_reason is None:
+            self._reload_reason = reason
+        subscription = self._subscription
+        if subscription is not None:
+            # Ends the iteration (it may be waiting for the next event), then _follow reloads.
+            subscription.close()
 
     def stop(self) -> None:
         self._stopped = True
+        with contextlib.suppress(ValueError):
+            stream.undecodable_listeners.remove(self._on_undecodable)
         if self._subscription is not None:
             self._subscription.close()
 
