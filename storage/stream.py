@@ -322,8 +322,8 @@ async def config_snapshot(
 
 
 # Rows per snapshot page: what one watch stream holds in memory at a time while a client
-# reads its snapshot (a flag listing 30 tenants is ~1.5 KB as objects).
-SNAPSHOT_PAGE = 50
+# reads its snapshot (a flag listing 10 tenants is ~1 KB as objects).
+SNAPSHOT_PAGE = 25
 Position = tuple[str, ...]
 
 
@@ -357,10 +357,12 @@ async def flag_snapshot_pages(
         head_seq, rows = await _snapshot(db, _FLAG_PAGE, params, FlagRow)
         changes = [r.event() for r in rows]
         full = len(rows) == page_size
+        del rows  # only the page's events stay alive while the caller writes them
         yield SnapshotPage(head_seq, changes, flag_position(changes[-1]) if full else None)
         if not full:
             return
-        after = rows[-1].key
+        after = changes[-1].key
+        del changes
 
 
 async def config_snapshot_pages(
@@ -390,11 +392,13 @@ async def config_snapshot_pages(
         head_seq, rows = await _snapshot(db, _CONFIG_PAGE, params, ConfigRow)
         changes = [r.event() for r in rows]
         full = len(rows) == page_size
+        del rows  # only the page's events stay alive while the caller writes them
         last = config_position(changes[-1]) if full else None
         yield SnapshotPage(head_seq, changes, last)
         if not full:
             return
         after = last
+        del changes
 
 
 async def prune(
