@@ -44,7 +44,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from platform_admin.v1 import health_pb2, health_pb2_grpc
 from psycopg import sql as pgsql
 
-from bench.hot_path import bench_server_url, own_database, say, start_service
+from bench.harness import bench_server_url, own_database, say, start_service
 from domain.ids import HEALTH_SOURCE, new_ulid, with_prefix
 from storage import health
 

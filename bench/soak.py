@@ -17,7 +17,6 @@ import contextlib
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from platform_admin.v1 import config_pb2, config_pb2_grpc, flag_pb2, flag_pb2_gr
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg.conninfo import make_conninfo
 
+from bench.harness import free_port
 from domain.ids import new_ulid
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,12 +48,6 @@ FLAGS = 10
 PROBED_SOURCES = 5
 CONFIG_KEY = "global.password_min_length"
 ALLOWED_FAILURES = {"UNAVAILABLE"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def admin_url() -> str:

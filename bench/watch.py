@@ -37,7 +37,7 @@ import psycopg
 from google.protobuf import field_mask_pb2
 from platform_admin.v1 import flag_pb2, flag_pb2_grpc
 
-from bench.hot_path import Proc, bench_server_url, own_database, say, start_service
+from bench.harness import Proc, bench_server_url, own_database, say, start_service
 
 CHANGES = int(os.environ.get("BENCH_WATCH_CHANGES", "40"))
 INTERVAL_S = int(os.environ.get("BENCH_WATCH_INTERVAL_MS", "150")) / 1000

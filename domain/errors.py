@@ -8,7 +8,12 @@ contain SQL, stack traces or data the caller may not see.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,15 @@ class Collector:
 
     def add(self, field: str, description: str) -> None:
         self.violations.append(FieldViolation(field, description))
+
+    def check(self, check: Callable[[str, V], T], field: str, value: V, fallback: T) -> T:
+        """``check(field, value)``; when it refuses, its violations are kept and ``fallback``
+        returned, so the other fields are still checked and every bad one is reported."""
+        try:
+            return check(field, value)
+        except InvalidArgument as exc:
+            self.violations.extend(exc.violations)
+            return fallback
 
     def raise_if_any(self) -> None:
         if self.violations:

@@ -20,6 +20,7 @@ exactly the entries that depended on it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from domain.config_keys import ConfigKeySpec, ConfigValue, Scope
@@ -32,7 +33,7 @@ SMALL_LIST = 32
 TenantSet = tuple[str, ...] | frozenset[str]
 
 
-def tenant_set(tenants: list[str]) -> TenantSet:
+def tenant_set(tenants: Sequence[str]) -> TenantSet:
     return tuple(tenants) if len(tenants) <= SMALL_LIST else frozenset(tenants)
 
 
@@ -47,16 +48,11 @@ class FlagState:
 
     @classmethod
     def from_event(cls, flag: FlagChanged) -> FlagState:
-        return cls(
-            key=flag.key,
-            default_enabled=flag.default_enabled,
-            enabled=tenant_set(list(flag.enabled_tenant_ids)),
-            disabled=tenant_set(list(flag.disabled_tenant_ids)),
-            archived=flag.archived,
-            version=flag.version,
-        )
+        on, off = tenant_set(flag.enabled_tenant_ids), tenant_set(flag.disabled_tenant_ids)
+        return cls(flag.key, flag.default_enabled, on, off, flag.archived, flag.version)
 
     def evaluate(self, tenant_id: str) -> Evaluation:
+        """domain/flags.py's rule, over this state's tenant sets."""
         return evaluate(
             default_enabled=self.default_enabled,
             enabled_tenant_ids=self.enabled,
@@ -81,16 +77,8 @@ class ConfigState:
     version: int
 
     @classmethod
-    def from_event(cls, config: ConfigChanged) -> ConfigState:
-        return cls(
-            key=config.key,
-            scope=config.scope,
-            tenant_id=config.tenant_id,
-            node_id=config.node_id,
-            value=config.value,
-            archived=config.archived,
-            version=config.version,
-        )
+    def from_event(cls, c: ConfigChanged) -> ConfigState:
+        return cls(c.key, c.scope, c.tenant_id, c.node_id, c.value, c.archived, c.version)
 
     @property
     def identity(self) -> tuple[str, Scope, str | None, str | None]:

@@ -48,15 +48,8 @@ MAX_CONCURRENT_STREAMS = 1024
 
 
 def pool_settings(settings: Settings, conninfo: str) -> PoolSettings:
-    return PoolSettings(
-        conninfo=conninfo,
-        min_size=settings.pool_min,
-        max_size=settings.pool_max,
-        acquire_timeout_s=settings.pool_acquire_timeout_s,
-        statement_timeout_ms=settings.statement_timeout_ms,
-        lock_timeout_ms=settings.lock_timeout_ms,
-        max_waiting=settings.pool_max_waiting,
-    )
+    """Kept for callers of the composition root; the mapping is Settings.pool_settings."""
+    return settings.pool_settings(conninfo)
 
 
 def server_options(reuse_port: bool) -> list[tuple[str, int]]:
@@ -87,10 +80,10 @@ class App:
     health_interval_s: float = 1.0
 
     def __post_init__(self) -> None:
-        self.db = Database(pool_settings(self.settings, self.conninfo))
+        self.db = Database(self.settings.pool_settings(self.conninfo))
         # The change stream: one tail per process feeds every watch stream; every replica
         # runs a sequencer, the advisory lock lets one at a time work (server/changes/tail.py).
-        self.tail = Tail(self.db, pool_settings(self.settings, self.conninfo))
+        self.tail = Tail(self.db, self.settings.pool_settings(self.conninfo))
         self.sequencer = Sequencer(self.db)
         self.sequencer.on_sequenced = lambda _top: self.tail.wake()
         self.db.after_commit = self.sequencer.wake

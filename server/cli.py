@@ -212,13 +212,11 @@ def prune_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_prune(settings: Settings, args: argparse.Namespace) -> int:
-    from server.app import pool_settings
-
     _, conninfo = database_url(settings)
     chosen = [name for name in PRUNE_JOBS if not args.only or name in args.only]
 
     async def run() -> None:
-        db = Database(pool_settings(settings, conninfo))
+        db = Database(settings.pool_settings(conninfo))
         await db.open()
         try:
             for name in chosen:

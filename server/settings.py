@@ -10,39 +10,43 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TypedDict
+from typing import TypedDict, TypeVar
 
 from domain.health import DEFAULT_ALLOWED_HOSTS, AllowList
+from storage.db import PoolSettings
+
+# The pool's defaults are storage's (storage/db.py PoolSettings); settings only name them.
+_POOL = PoolSettings(conninfo="")
 
 
 class SettingsError(ValueError):
     """A setting is missing or malformed; the message names it."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+N = TypeVar("N", int, float)
+
+
+def _number(
+    env: Mapping[str, str], name: str, default: N, lo: N, hi: N, parse: type[N], kind: str
+) -> N:
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = int(raw)
+        value = parse(raw)
     except ValueError:
-        raise SettingsError(f"{name}={raw!r}: expected an integer") from None
+        raise SettingsError(f"{name}={raw!r}: expected {kind}") from None
     if not lo <= value <= hi:
         raise SettingsError(f"{name}={value}: expected {lo}..{hi}")
     return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    return _number(env, name, default, lo, hi, int, "an integer")
 
 
 def _float(env: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r}: expected a number") from None
-    if not lo <= value <= hi:
-        raise SettingsError(f"{name}={value}: expected {lo}..{hi}")
-    return value
+    return _number(env, name, default, lo, hi, float, "a number")
 
 
 def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
@@ -166,11 +170,11 @@ class Settings:
     listen: str = "127.0.0.1:50051"
     data_dir: str = ".data"
     workers: int = 1
-    pool_min: int = 2
-    pool_max: int = 10
-    pool_acquire_timeout_s: float = 5.0
-    statement_timeout_ms: int = 5_000
-    lock_timeout_ms: int = 2_000
+    pool_min: int = _POOL.min_size
+    pool_max: int = _POOL.max_size
+    pool_acquire_timeout_s: float = _POOL.acquire_timeout_s
+    statement_timeout_ms: int = _POOL.statement_timeout_ms
+    lock_timeout_ms: int = _POOL.lock_timeout_ms
     shutdown_grace_s: float = 10.0
     default_deadline_s: float = 30.0
     log_level: str = "info"
@@ -216,12 +220,24 @@ class Settings:
     tls_client_ca_file: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
+    def pool_settings(self, conninfo: str) -> PoolSettings:
+        """The database pool these settings describe (the rest are storage's defaults)."""
+        return PoolSettings(
+            conninfo=conninfo,
+            min_size=self.pool_min,
+            max_size=self.pool_max,
+            acquire_timeout_s=self.pool_acquire_timeout_s,
+            statement_timeout_ms=self.statement_timeout_ms,
+            lock_timeout_ms=self.lock_timeout_ms,
+            max_waiting=self.pool_max_waiting,
+        )
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         cpus = os.cpu_count() or 1
-        pool_min = _int(env, "PLATFORM_ADMIN_POOL_MIN", 2, 0, 100)
-        pool_max = _int(env, "PLATFORM_ADMIN_POOL_MAX", 10, 1, 200)
+        pool_min = _int(env, "PLATFORM_ADMIN_POOL_MIN", cls.pool_min, 0, 100)
+        pool_max = _int(env, "PLATFORM_ADMIN_POOL_MAX", cls.pool_max, 1, 200)
         if pool_min > pool_max:
             raise SettingsError(
                 f"PLATFORM_ADMIN_POOL_MIN={pool_min} exceeds PLATFORM_ADMIN_POOL_MAX={pool_max}"
@@ -233,11 +249,15 @@ class Settings:
             workers=_int(env, "PLATFORM_ADMIN_WORKERS", cpus, 1, 64),
             pool_min=pool_min,
             pool_max=pool_max,
-            pool_acquire_timeout_s=_float(env, "PLATFORM_ADMIN_POOL_TIMEOUT_S", 5.0, 0.05, 60),
-            statement_timeout_ms=_int(
-                env, "PLATFORM_ADMIN_STATEMENT_TIMEOUT_MS", 5_000, 10, 600_000
+            pool_acquire_timeout_s=_float(
+                env, "PLATFORM_ADMIN_POOL_TIMEOUT_S", cls.pool_acquire_timeout_s, 0.05, 60
             ),
-            lock_timeout_ms=_int(env, "PLATFORM_ADMIN_LOCK_TIMEOUT_MS", 2_000, 10, 600_000),
+            statement_timeout_ms=_int(
+                env, "PLATFORM_ADMIN_STATEMENT_TIMEOUT_MS", cls.statement_timeout_ms, 10, 600_000
+            ),
+            lock_timeout_ms=_int(
+                env, "PLATFORM_ADMIN_LOCK_TIMEOUT_MS", cls.lock_timeout_ms, 10, 600_000
+            ),
             shutdown_grace_s=_float(env, "PLATFORM_ADMIN_SHUTDOWN_GRACE_S", 10.0, 0, 300),
             default_deadline_s=_float(env, "PLATFORM_ADMIN_DEFAULT_DEADLINE_S", 30.0, 0.1, 3600),
             log_level=_choice(

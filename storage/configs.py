@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import psycopg
-from psycopg.rows import class_row
 
 from domain import config_keys
 from domain.config_keys import ConfigTarget, ConfigValue, Scope
@@ -15,7 +14,7 @@ from domain.etags import check_etag
 from domain.events import ConfigChanged
 from domain.ids import new_ulid
 from storage import outbox, retention
-from storage.db import Database
+from storage.db import Database, fetch_one
 
 
 @dataclass(frozen=True)
@@ -145,10 +144,7 @@ def _describe(target: ConfigTarget) -> str:
 
 
 async def get(db: Database, target: ConfigTarget) -> ConfigRow:
-    async with db.read() as conn:
-        cur = conn.cursor(row_factory=class_row(ConfigRow))
-        await cur.execute(_GET, _target_params(target))
-        row = await cur.fetchone()
+    row = await db.one(ConfigRow, _GET, _target_params(target))
     if row is None:
         raise NotFound(f"{_describe(target)} is not set")
     return row
@@ -180,16 +176,11 @@ async def list_rows(
         "after_node": node,
         "limit": limit,
     }
-    async with db.read() as conn:
-        cur = conn.cursor(row_factory=class_row(ConfigRow))
-        await cur.execute(_LIST, params)
-        return await cur.fetchall()
+    return await db.all(ConfigRow, _LIST, params)
 
 
 async def _lock_row(conn: psycopg.AsyncConnection, target: ConfigTarget) -> ConfigRow | None:
-    cur = conn.cursor(row_factory=class_row(ConfigRow))
-    await cur.execute(_LOCK, _target_params(target))
-    return await cur.fetchone()
+    return await fetch_one(conn, ConfigRow, _LOCK, _target_params(target))
 
 
 async def _record(
@@ -239,12 +230,9 @@ async def set_value(
         if current is None:
             if expected_version is not None:
                 raise Aborted(f"{_describe(target)} does not exist (etag mismatch)")
-            cur = conn.cursor(row_factory=class_row(ConfigRow))
-            await cur.execute(
-                _INSERT,
-                (*_target_params(target), stored, description or None),
+            created = await fetch_one(
+                conn, ConfigRow, _INSERT, (*_target_params(target), stored, description or None)
             )
-            created = await cur.fetchone()
             if created is None:
                 # A concurrent writer created it first; the replay sees and locks that row.
                 raise psycopg.errors.SerializationFailure("concurrent create")
@@ -254,12 +242,9 @@ async def set_value(
             raise FailedPrecondition(f"{_describe(target)} is archived; unarchive it first")
         if current.value == stored and (current.description or "") == description:
             return current.event()  # nothing changes: no version bump, no history, no event
-        cur = conn.cursor(row_factory=class_row(ConfigRow))
-        await cur.execute(
-            _UPDATE_VALUE,
-            (stored, description or None, *_target_params(target)),
+        updated = await fetch_one(
+            conn, ConfigRow, _UPDATE_VALUE, (stored, description or None, *_target_params(target))
         )
-        updated = await cur.fetchone()
         assert updated is not None
         return await _record(conn, updated, "SET", current.value, actor)
 
@@ -280,12 +265,9 @@ async def set_archived(
         check_etag(expected_version, current.version, _describe(target))
         if current.is_archived == archived:
             return current.event()
-        cur = conn.cursor(row_factory=class_row(ConfigRow))
-        await cur.execute(
-            _UPDATE_ARCHIVED,
-            (archived, *_target_params(target)),
+        updated = await fetch_one(
+            conn, ConfigRow, _UPDATE_ARCHIVED, (archived, *_target_params(target))
         )
-        updated = await cur.fetchone()
         assert updated is not None
         return await _record(
             conn, updated, "ARCHIVE" if archived else "UNARCHIVE", current.value, actor
@@ -298,10 +280,7 @@ async def live_values_for(
     db: Database, keys: list[str], tenant_id: str | None, node_id: str | None
 ) -> dict[str, dict[Scope, ConfigValue]]:
     """Per key, the live values that apply to this tenant/node, by scope (one query)."""
-    async with db.read() as conn:
-        cur = conn.cursor(row_factory=class_row(ConfigRow))
-        await cur.execute(_LIVE_FOR, (keys, tenant_id, node_id))
-        rows = await cur.fetchall()
+    rows = await db.all(ConfigRow, _LIVE_FOR, (keys, tenant_id, node_id))
     found: dict[str, dict[Scope, ConfigValue]] = {}
     for row in rows:
         found.setdefault(row.key, {})[Scope(row.scope)] = row.typed_value
@@ -322,10 +301,7 @@ async def history(
         "after_id": after_id,
         "limit": limit,
     }
-    async with db.read() as conn:
-        cur = conn.cursor(row_factory=class_row(HistoryRow))
-        await cur.execute(_HISTORY, params)
-        return await cur.fetchall()
+    return await db.all(HistoryRow, _HISTORY, params)
 
 
 # config_history is kept for 7 years (SPEC 3.6); pruned by `platform-admin prune`.
@@ -340,19 +316,7 @@ DELETE FROM config_history
 """
 
 
-async def prune_history(
-    db: Database,
-    *,
-    older_than: timedelta = HISTORY_RETENTION,
-    batch: int = 5000,
-    max_batches: int = 0,
-) -> int:
-    """Deletes history entries older than ``older_than`` (7 years) in batches; the count."""
-    return await retention.prune_in_batches(
-        db,
-        lock_id=HISTORY_PRUNE_LOCK,
-        delete_sql=_PRUNE_HISTORY,
-        older_than=older_than,
-        batch=batch,
-        max_batches=max_batches,
-    )
+# Deletes history entries older than 7 years in batches (``older_than``, ``batch`` to change).
+prune_history = retention.Retention(
+    HISTORY_PRUNE_LOCK, _PRUNE_HISTORY, HISTORY_RETENTION, 5000
+).prune

@@ -19,14 +19,15 @@ import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar
+from typing import Any, LiteralString, NoReturn, TypeVar
 
 import psycopg
 import psycopg_pool
 from psycopg import errors as pg_errors
+from psycopg.rows import class_row
 
 from domain.errors import (
     AlreadyExists,
@@ -39,6 +40,8 @@ from domain.errors import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+R = TypeVar("R")
+Params = Sequence[Any] | Mapping[str, Any] | None
 
 # Unique constraints whose violation is a caller error, with the message to show.
 # Query modules register theirs at import time (see register_unique_constraint).
@@ -144,6 +147,23 @@ async def try_xact_lock(conn: psycopg.AsyncConnection, key: int) -> bool:
     """Takes the transaction-scoped advisory lock ``key`` if free; False when another has it."""
     row = await (await conn.execute(_TRY_LOCK, (key,))).fetchone()
     return bool(row and row[0])
+
+
+async def fetch_one(
+    conn: psycopg.AsyncConnection, row: type[R], query: LiteralString, params: Params = None
+) -> R | None:
+    """The first row of ``query`` as a ``row`` (a dataclass named after the columns)."""
+    cur = conn.cursor(row_factory=class_row(row))
+    await cur.execute(query, params)
+    return await cur.fetchone()
+
+
+async def fetch_all(
+    conn: psycopg.AsyncConnection, row: type[R], query: LiteralString, params: Params = None
+) -> list[R]:
+    cur = conn.cursor(row_factory=class_row(row))
+    await cur.execute(query, params)
+    return await cur.fetchall()
 
 
 def translate(exc: BaseException) -> DomainError:
@@ -267,6 +287,15 @@ class Database:
             raise
         except (psycopg.Error, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed) as exc:
             self._failed(exc)
+
+    async def one(self, row: type[R], query: LiteralString, params: Params = None) -> R | None:
+        """:func:`fetch_one` on a connection of the pool, outside any transaction."""
+        async with self.read() as conn:
+            return await fetch_one(conn, row, query, params)
+
+    async def all(self, row: type[R], query: LiteralString, params: Params = None) -> list[R]:
+        async with self.read() as conn:
+            return await fetch_all(conn, row, query, params)
 
     async def transaction(
         self, fn: Callable[[psycopg.AsyncConnection], Awaitable[T]], attempts: int = 3

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg
-from psycopg.rows import class_row
 
 from domain.errors import AlreadyExists, FailedPrecondition, NotFound
 from domain.etags import check_etag
 from domain.events import FlagChanged
-from domain.flags import Evaluation, Override, apply_override, evaluate
+from domain.flags import Evaluation, Override, apply_override
+from domain.read_state import FlagState
 from storage import outbox
-from storage.db import Database
+from storage.db import Database, fetch_one
 
 
 @dataclass(frozen=True)
@@ -42,13 +42,8 @@ class FlagRow:
         object.__setattr__(self, "disabled_tenant_ids", tuple(self.disabled_tenant_ids))
 
     def evaluate(self, tenant_id: str) -> Evaluation:
-        return evaluate(
-            default_enabled=self.default_enabled,
-            enabled_tenant_ids=self.enabled_tenant_ids,
-            disabled_tenant_ids=self.disabled_tenant_ids,
-            archived=self.is_archived,
-            tenant_id=tenant_id,
-        )
+        """The one evaluation rule (domain/flags.py), as the read model applies it."""
+        return FlagState.from_event(self.event()).evaluate(tenant_id)
 
     def event(self) -> FlagChanged:
         """The flag's full state as its change event carries it."""
@@ -123,10 +118,7 @@ def _missing(key: str) -> NotFound:
 
 
 async def get(db: Database, key: str) -> FlagRow:
-    async with db.read() as conn:
-        cur = conn.cursor(row_factory=class_row(FlagRow))
-        await cur.execute(_GET, (key,))
-        row = await cur.fetchone()
+    row = await db.one(FlagRow, _GET, (key,))
     if row is None:
         raise _missing(key)
     return row
@@ -134,19 +126,13 @@ async def get(db: Database, key: str) -> FlagRow:
 
 async def get_many(db: Database, keys: Sequence[str]) -> dict[str, FlagRow]:
     """The flags among ``keys`` that exist, archived or not, by key (one query)."""
-    async with db.read() as conn:
-        cur = conn.cursor(row_factory=class_row(FlagRow))
-        await cur.execute(_GET_MANY, (list(keys),))
-        rows = await cur.fetchall()
+    rows = await db.all(FlagRow, _GET_MANY, (list(keys),))
     return {row.key: row for row in rows}
 
 
 async def live(db: Database) -> list[FlagRow]:
     """Every unarchived flag, ordered by key."""
-    async with db.read() as conn:
-        cur = conn.cursor(row_factory=class_row(FlagRow))
-        await cur.execute(_LIVE)
-        return await cur.fetchall()
+    return await db.all(FlagRow, _LIVE)
 
 
 async def list_rows(
@@ -154,18 +140,19 @@ async def list_rows(
 ) -> list[FlagRow]:
     """Flags ordered by key; ``after_key`` is the keyset position of the previous page."""
     params = {"show_archived": show_archived, "after_key": after_key, "limit": limit}
-    async with db.read() as conn:
-        cur = conn.cursor(row_factory=class_row(FlagRow))
-        await cur.execute(_LIST, params)
-        return await cur.fetchall()
+    return await db.all(FlagRow, _LIST, params)
 
 
-async def _lock(conn: psycopg.AsyncConnection, key: str) -> FlagRow:
-    cur = conn.cursor(row_factory=class_row(FlagRow))
-    await cur.execute(_LOCK, (key,))
-    row = await cur.fetchone()
+async def _lock(
+    conn: psycopg.AsyncConnection, key: str, expected_version: int | None, *, live: bool
+) -> FlagRow:
+    """Locks the flag for this transaction; checks the caller's etag (and that it is live)."""
+    row = await fetch_one(conn, FlagRow, _LOCK, (key,))
     if row is None:
         raise _missing(key)
+    check_etag(expected_version, row.version, f"flag {key}")
+    if live and row.is_archived:
+        raise FailedPrecondition(f"flag {key} is archived; unarchive it first")
     return row
 
 
@@ -201,9 +188,7 @@ async def _write(
         and new["archived"] == current.is_archived
     ):
         return current.event()
-    cur = conn.cursor(row_factory=class_row(FlagRow))
-    await cur.execute(_UPDATE, new)
-    updated = await cur.fetchone()
+    updated = await fetch_one(conn, FlagRow, _UPDATE, new)
     assert updated is not None  # the row is locked by this transaction
     event = updated.event()
     await outbox.append(conn, event, actor=actor)
@@ -216,9 +201,7 @@ async def create(
     """Inserts a flag (version 1, empty lists) and its outbox row, atomically."""
 
     async def work(conn: psycopg.AsyncConnection) -> FlagChanged:
-        cur = conn.cursor(row_factory=class_row(FlagRow))
-        await cur.execute(_INSERT, (key, description, default_enabled))
-        created = await cur.fetchone()
+        created = await fetch_one(conn, FlagRow, _INSERT, (key, description, default_enabled))
         if created is None:
             raise AlreadyExists(f"flag {key} already exists (archived flags keep their key)")
         event = created.event()
@@ -226,11 +209,6 @@ async def create(
         return event
 
     return await db.transaction(work)
-
-
-def _check_live(row: FlagRow) -> None:
-    if row.is_archived:
-        raise FailedPrecondition(f"flag {row.key} is archived; unarchive it first")
 
 
 async def update(
@@ -245,9 +223,7 @@ async def update(
     """Changes description and/or default (None keeps the stored value)."""
 
     async def work(conn: psycopg.AsyncConnection) -> FlagChanged:
-        current = await _lock(conn, key)
-        check_etag(expected_version, current.version, f"flag {key}")
-        _check_live(current)
+        current = await _lock(conn, key, expected_version, live=True)
         return await _write(
             conn, current, actor, description=description, default_enabled=default_enabled
         )
@@ -266,9 +242,7 @@ async def set_override(
     """Puts ``tenant_id`` in the list ``override`` names (or in neither), atomically."""
 
     async def work(conn: psycopg.AsyncConnection) -> FlagChanged:
-        current = await _lock(conn, key)
-        check_etag(expected_version, current.version, f"flag {key}")
-        _check_live(current)
+        current = await _lock(conn, key, expected_version, live=True)
         enabled, disabled = apply_override(
             current.enabled_tenant_ids, current.disabled_tenant_ids, tenant_id, override
         )
@@ -283,8 +257,7 @@ async def set_archived(
     """Archives or restores a flag; already in that state is a no-op."""
 
     async def work(conn: psycopg.AsyncConnection) -> FlagChanged:
-        current = await _lock(conn, key)
-        check_etag(expected_version, current.version, f"flag {key}")
+        current = await _lock(conn, key, expected_version, live=False)
         return await _write(conn, current, actor, archived=archived)
 
     return await db.transaction(work)

@@ -10,7 +10,7 @@ prunes results older than 30 days in batches under an advisory lock.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -24,7 +24,7 @@ from domain.events import HealthChange, HealthSource, HealthSourceChanged
 from domain.health import Damping, Status
 from domain.ids import HEALTH_CHECK_RESULT, HEALTH_SOURCE, new_ulid, with_prefix
 from storage import outbox, retention
-from storage.db import Database, register_unique_constraint
+from storage.db import Database, fetch_one, register_unique_constraint
 
 register_unique_constraint(
     "health_sources_service_id_key", "a health source with this service_id already exists"
@@ -236,8 +236,9 @@ async def create(
     db: Database, service_id: str, registration: Registration, actor: str | None
 ) -> SourceRow:
     async def work(conn: psycopg.AsyncConnection) -> SourceRow:
-        cur = conn.cursor(row_factory=class_row(SourceRow))
-        await cur.execute(
+        row = await fetch_one(
+            conn,
+            SourceRow,
             _INSERT,
             (
                 new_ulid(),
@@ -249,7 +250,6 @@ async def create(
                 registration.success_threshold,
             ),
         )
-        row = await cur.fetchone()
         assert row is not None
         await outbox.append(conn, _changed(row, HealthChange.CREATED), actor=actor)
         return row
@@ -258,26 +258,18 @@ async def create(
 
 
 async def get(db: Database, source_id: str) -> SourceRow:
-    async with db.read() as conn:
-        cur = conn.cursor(row_factory=class_row(SourceRow))
-        await cur.execute(_GET, (source_id,))
-        row = await cur.fetchone()
+    row = await db.one(SourceRow, _GET, (source_id,))
     if row is None:
         raise NotFound(f"{_describe(source_id)} does not exist")
     return row
 
 
 async def list_sources(db: Database, after: str | None, limit: int) -> list[SourceRow]:
-    async with db.read() as conn:
-        cur = conn.cursor(row_factory=class_row(SourceRow))
-        await cur.execute(_LIST, {"after": after, "limit": limit})
-        return await cur.fetchall()
+    return await db.all(SourceRow, _LIST, {"after": after, "limit": limit})
 
 
 async def _lock(conn: psycopg.AsyncConnection, source_id: str) -> SourceRow:
-    cur = conn.cursor(row_factory=class_row(SourceRow))
-    await cur.execute(_LOCK, (source_id,))
-    row = await cur.fetchone()
+    row = await fetch_one(conn, SourceRow, _LOCK, (source_id,))
     if row is None:
         raise NotFound(f"{_describe(source_id)} does not exist")
     return row
@@ -302,8 +294,9 @@ async def update(
         }
         if all(merged[name] == getattr(current, name) for name in rules.MUTABLE_FIELDS):
             return current
-        cur = conn.cursor(row_factory=class_row(SourceRow))
-        await cur.execute(
+        row = await fetch_one(
+            conn,
+            SourceRow,
             _UPDATE,
             (
                 merged["health_url"],
@@ -315,7 +308,6 @@ async def update(
                 source_id,
             ),
         )
-        row = await cur.fetchone()
         assert row is not None
         await outbox.append(conn, _changed(row, HealthChange.UPDATED), actor=actor)
         return row
@@ -340,10 +332,7 @@ async def delete(
 
 async def heartbeat(db: Database, service_id: str) -> SourceRow:
     """One autocommit UPDATE: the cheapest write there is."""
-    async with db.read() as conn:
-        cur = conn.cursor(row_factory=class_row(SourceRow))
-        await cur.execute(_HEARTBEAT, (service_id,))
-        row = await cur.fetchone()
+    row = await db.one(SourceRow, _HEARTBEAT, (service_id,))
     if row is None:
         raise NotFound(f"no health source has service_id {service_id!r}")
     return row
@@ -412,17 +401,16 @@ async def record_result(
             )
         if min_push_interval_s is not None:
             await _claim_push(conn, source_id, min_push_interval_s)
-        result_cur = conn.cursor(row_factory=class_row(ResultRow))
-        await result_cur.execute(
-            _INSERT_RESULT, (new_ulid(), source_id, status.value, Jsonb(details))
+        result = await fetch_one(
+            conn, ResultRow, _INSERT_RESULT, (new_ulid(), source_id, status.value, Jsonb(details))
         )
-        result = await result_cur.fetchone()
         assert result is not None
         state = rules.apply_result(
             current.damping, status, current.failure_threshold, current.success_threshold
         )
-        cur = conn.cursor(row_factory=class_row(SourceRow))
-        await cur.execute(
+        row = await fetch_one(
+            conn,
+            SourceRow,
             _APPLY_RESULT,
             {
                 "id": source_id,
@@ -433,7 +421,6 @@ async def record_result(
                 "details": Jsonb(details),
             },
         )
-        row = await cur.fetchone()
         assert row is not None
         if row.status != current.status:
             changed = HealthSourceChanged(
@@ -501,25 +488,8 @@ class Claimed:
 
 async def claim_due(db: Database, limit: int) -> list[Claimed]:
     """Claims up to ``limit`` due sources for this replica (one autocommit statement)."""
-    async with db.read() as conn:
-        cur = conn.cursor(row_factory=class_row(Claimed))
-        await cur.execute(_CLAIM, (limit,))
-        return await cur.fetchall()
+    return await db.all(Claimed, _CLAIM, (limit,))
 
 
-async def prune_results(
-    db: Database,
-    *,
-    older_than: timedelta = rules.RETENTION,
-    batch: int = 5000,
-    max_batches: int = 0,
-) -> int:
-    """Deletes check results older than ``older_than`` (30 days) in batches; returns the count."""
-    return await retention.prune_in_batches(
-        db,
-        lock_id=PRUNE_LOCK,
-        delete_sql=_PRUNE,
-        older_than=older_than,
-        batch=batch,
-        max_batches=max_batches,
-    )
+# Deletes check results older than 30 days in batches (``older_than``, ``batch`` to change).
+prune_results = retention.Retention(PRUNE_LOCK, _PRUNE, rules.RETENTION, 5000).prune

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from psycopg.rows import class_row
-
 from storage.db import Database
 
 
@@ -25,16 +23,14 @@ class OutboxBacklog:
 
 
 async def outbox_backlog(db: Database) -> OutboxBacklog:
-    async with db.read() as conn:
-        cur = conn.cursor(row_factory=class_row(OutboxBacklog))
-        await cur.execute(
-            "SELECT"
-            " (SELECT count(*) FROM outbox WHERE seq IS NULL) AS unsequenced,"
-            " (SELECT count(*) FROM outbox WHERE published_at IS NULL) AS unpublished,"
-            " COALESCE(EXTRACT(EPOCH FROM clock_timestamp()"
-            "   - (SELECT min(created_at) FROM outbox WHERE seq IS NULL)), 0)::float8"
-            "   AS sequencer_lag_s"
-        )
-        row = await cur.fetchone()
+    row = await db.one(
+        OutboxBacklog,
+        "SELECT"
+        " (SELECT count(*) FROM outbox WHERE seq IS NULL) AS unsequenced,"
+        " (SELECT count(*) FROM outbox WHERE published_at IS NULL) AS unpublished,"
+        " COALESCE(EXTRACT(EPOCH FROM clock_timestamp()"
+        "   - (SELECT min(created_at) FROM outbox WHERE seq IS NULL)), 0)::float8"
+        "   AS sequencer_lag_s",
+    )
     assert row is not None
     return row

@@ -4,11 +4,14 @@ Each batch is its own short transaction under a transaction-scoped advisory lock
 another replica is pruning the same table, this one stops at once instead of competing
 for rows. The cut-off is fixed at the first batch, so a job ends even while new rows keep
 arriving. ``delete_sql`` takes ``%(before)s`` and ``%(limit)s`` and must delete through an
-index that leads with the time column.
+index that leads with the time column. Each table's job is one :class:`Retention`
+(outbox rows: storage/stream.py, config history: storage/configs.py, health results:
+storage/health.py).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import LiteralString
 
@@ -52,3 +55,31 @@ async def prune_in_batches(
         batches += 1
         if done < batch or (max_batches and batches >= max_batches):
             return total
+
+
+@dataclass(frozen=True)
+class Retention:
+    """One table's retention: its lock, its delete, how long rows stay, the batch size."""
+
+    lock_id: int
+    delete_sql: LiteralString
+    keep: timedelta
+    batch: int
+
+    async def prune(
+        self,
+        db: Database,
+        *,
+        older_than: timedelta | None = None,
+        batch: int | None = None,
+        max_batches: int = 0,
+    ) -> int:
+        """Deletes rows older than ``older_than`` (default ``keep``); returns the count."""
+        return await prune_in_batches(
+            db,
+            lock_id=self.lock_id,
+            delete_sql=self.delete_sql,
+            older_than=self.keep if older_than is None else older_than,
+            batch=self.batch if batch is None else batch,
+            max_batches=max_batches,
+        )

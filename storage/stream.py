@@ -19,14 +19,14 @@ from datetime import timedelta
 from typing import Any, Generic, LiteralString, TypeVar
 
 import psycopg
-from psycopg.rows import class_row, dict_row
+from psycopg.rows import dict_row
 
 from domain import events
 from domain.errors import OutOfRange
 from domain.events import ChangeEvent, ConfigChanged, FlagChanged
 from storage import retention
 from storage.configs import ConfigRow
-from storage.db import Database, try_xact_lock
+from storage.db import Database, fetch_all, try_xact_lock
 from storage.flags import FlagRow
 
 log = logging.getLogger(__name__)
@@ -193,10 +193,7 @@ async def head_in(conn: psycopg.AsyncConnection) -> int:
 
 
 async def state(db: Database) -> StreamState:
-    async with db.read() as conn:
-        cur = conn.cursor(row_factory=class_row(StreamState))
-        await cur.execute(_STATE)
-        row = await cur.fetchone()
+    row = await db.one(StreamState, _STATE)
     assert row is not None, "stream_state has its one row from the first migration"
     return row
 
@@ -286,9 +283,7 @@ async def _snapshot(
             # is already reflected in the rows (seq is assigned after the change committed).
             await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             head_seq = await head_in(conn)
-            rows_cur = conn.cursor(row_factory=class_row(row))
-            await rows_cur.execute(query, params)
-            rows = await rows_cur.fetchall()
+            rows = await fetch_all(conn, row, query, params)
             # A change committed but not yet sequenced is in the rows yet would also come
             # after head: a client resuming from this snapshot's cursor would get it twice.
             # Sequence it and take the snapshot again (a few times; versions still dedupe).
@@ -401,20 +396,7 @@ async def config_snapshot_pages(
         del changes
 
 
-async def prune(
-    db: Database, *, older_than: timedelta = RETENTION, batch: int = 1000, max_batches: int = 0
-) -> int:
-    """Deletes sequenced outbox rows older than ``older_than``, in batches; returns the count.
-
-    Batched and advisory-locked like every retention job (storage/retention.py); each batch
-    raises the pruned watermark in its own statement, so a cursor is refused exactly when an
-    event after it is gone.
-    """
-    return await retention.prune_in_batches(
-        db,
-        lock_id=PRUNE_LOCK,
-        delete_sql=_PRUNE,
-        older_than=older_than,
-        batch=batch,
-        max_batches=max_batches,
-    )
+# Deletes sequenced outbox rows older than 7 days in batches; each batch raises the pruned
+# watermark in its own statement, so a cursor is refused exactly when an event after it is
+# gone. Batched and advisory-locked like every retention job (storage/retention.py).
+prune = retention.Retention(PRUNE_LOCK, _PRUNE, RETENTION, 1000).prune

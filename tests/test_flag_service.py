@@ -815,3 +815,17 @@ async def test_evaluations_from_memory_agree_with_the_database(app, flags):
             pb.EvaluateFlagRequest(key="f4", tenant_id=TENANT_B)
         )
         assert archived.reason == pb.EVALUATION_REASON_ARCHIVED
+
+
+async def test_hot_reads_called_directly_return_messages_like_the_wire(app, flags):
+    """The encoded fast path stays behind its seam (server/rpc/encoded.py): a direct call of
+    the servicer method gets a real message, equal to what a gRPC client decodes."""
+    await create(flags, "f0", default_enabled=True)
+    await override(flags, TENANT_A, DISABLED, key="f0")
+    servicer = FlagServicer(app.db, read_model=app.read_model)
+    for keys in ([], ["f0", "nope"]):
+        request = pb.EvaluateFlagsRequest(tenant_id=TENANT_A, keys=keys)
+        direct = await servicer.EvaluateFlags(request, None)
+        assert type(direct) is pb.EvaluateFlagsResponse
+        assert direct == await flags.EvaluateFlags(request)
+        assert direct.evaluations["f0"].reason == pb.EVALUATION_REASON_TENANT_DISABLED

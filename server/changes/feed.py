@@ -44,7 +44,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -71,17 +71,20 @@ NOW = Start.NOW
 
 
 @dataclass(frozen=True, slots=True)
-class Live:
-    """Caught up: events up to ``position`` were delivered; the tail's follow from here."""
-
-    position: int
+class _At:
+    position: int  # every event up to this seq was delivered (or filtered out)
 
 
-@dataclass(frozen=True, slots=True)
-class Idle:
-    """Nothing new for ``idle_s``: every event up to ``position`` was delivered."""
+class Live(_At):
+    """Caught up with the tail, which delivers from here on."""
 
-    position: int
+    __slots__ = ()
+
+
+class Idle(_At):
+    """Nothing new for ``idle_s`` while following."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +240,7 @@ class Subscription:
         self._expired: DomainError | None = None
         self._closed = False
         self._wake = asyncio.Event()
+        self._items: AsyncGenerator[Item] | None = None
 
     def close(self) -> None:
         """Ends the iteration at its next step (and stops live delivery now)."""
@@ -271,10 +275,15 @@ class Subscription:
 
     # -- the protocol -------------------------------------------------------------------
 
-    def __aiter__(self) -> AsyncIterator[Item]:
-        return self._run()
+    def __aiter__(self) -> Subscription:
+        return self
 
-    async def _run(self) -> AsyncIterator[Item]:
+    async def __anext__(self) -> Item:
+        if self._items is None:
+            self._items = self._run()
+        return await anext(self._items)
+
+    async def _run(self) -> AsyncGenerator[Item]:
         await self.feed.ready.wait()
         if self.after is SNAPSHOT:
             assert self.snapshot is not None

@@ -27,7 +27,7 @@ Answers are precomputed where that pays:
   that affects every tenant).
 
 Cached answers are encoded bytes: the pipeline hands bytes to gRPC unchanged
-(server/rpc/pipeline.py), so a hot call neither builds nor serializes a message.
+(server/rpc/encoded.py), so a hot call neither builds nor serializes a message.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Protocol, cast
+from typing import Protocol
 
 import grpc
 from platform_admin.v1 import config_pb2, config_pb2_grpc
@@ -16,10 +16,8 @@ from domain import config_keys, paging
 from domain.config_keys import ConfigTarget, Scope
 from domain.errors import InvalidArgument, NotFound, PermissionDenied
 from domain.etags import parse_etag
-from domain.events import ConfigChanged
 from domain.ids import CONFIG_HISTORY, check_ulid, with_prefix
 from domain.resolution import resolve
-from server.changes.read_model import ReadModel
 from server.rpc.convert import (
     SCOPE_TO_PROTO,
     VALUE_TYPE_TO_PROTO,
@@ -30,10 +28,11 @@ from server.rpc.convert import (
     value_from_proto,
     value_to_proto,
 )
+from server.rpc.encoded import encoded
+from server.rpc.read_your_writes import ReadYourWrites
 from server.security import principal as principal_ctx
 from storage import configs
 from storage.configs import HistoryRow
-from storage.db import Database
 
 MAX_RESOLVE_KEYS = 1000
 
@@ -114,27 +113,7 @@ class ConfigWatch(Protocol):
     ) -> AsyncIterator[config_pb2.WatchConfigsResponse]: ...
 
 
-class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
-    def __init__(
-        self,
-        db: Database,
-        watch: ConfigWatch | None = None,
-        read_model: ReadModel | None = None,
-    ) -> None:
-        self.db = db
-        self.watch = watch
-        # Resolution answers from memory when set (server/changes/read_model.py); writes feed it.
-        self.read_model = read_model
-
-    def _wrote(self, config: ConfigChanged) -> ConfigChanged:
-        """Read-your-writes: this process resolves with the new state from now on."""
-        if self.read_model is not None:
-            self.read_model.apply(config)
-        return config
-
-    def _actor(self) -> str | None:
-        return principal_ctx.current().subject
-
+class ConfigServicer(ReadYourWrites[ConfigWatch], config_pb2_grpc.ConfigServiceServicer):
     async def ListConfigKeys(
         self, request: config_pb2.ListConfigKeysRequest, context: grpc.aio.ServicerContext
     ) -> config_pb2.ListConfigKeysResponse:
@@ -200,25 +179,25 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         )
         return config_pb2.SetConfigResponse(config=config_to_proto(row))
 
+    async def _set_archived(
+        self,
+        request: config_pb2.ArchiveConfigRequest | config_pb2.UnarchiveConfigRequest,
+        archived: bool,
+    ) -> config_pb2.Config:
+        _, target = _target(request, for_write=True)
+        expected = parse_etag("etag", request.etag)
+        changed = await configs.set_archived(self.db, target, archived, expected, self._actor())
+        return config_to_proto(self._wrote(changed))
+
     async def ArchiveConfig(
         self, request: config_pb2.ArchiveConfigRequest, context: grpc.aio.ServicerContext
     ) -> config_pb2.ArchiveConfigResponse:
-        _, target = _target(request, for_write=True)
-        expected = parse_etag("etag", request.etag)
-        row = self._wrote(
-            await configs.set_archived(self.db, target, True, expected, self._actor())
-        )
-        return config_pb2.ArchiveConfigResponse(config=config_to_proto(row))
+        return config_pb2.ArchiveConfigResponse(config=await self._set_archived(request, True))
 
     async def UnarchiveConfig(
         self, request: config_pb2.UnarchiveConfigRequest, context: grpc.aio.ServicerContext
     ) -> config_pb2.UnarchiveConfigResponse:
-        _, target = _target(request, for_write=True)
-        expected = parse_etag("etag", request.etag)
-        row = self._wrote(
-            await configs.set_archived(self.db, target, False, expected, self._actor())
-        )
-        return config_pb2.UnarchiveConfigResponse(config=config_to_proto(row))
+        return config_pb2.UnarchiveConfigResponse(config=await self._set_archived(request, False))
 
     def _resolve_scope(
         self, tenant_field: str, tenant_id: str, node_id: str
@@ -256,17 +235,21 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
     async def ResolveConfigs(
         self, request: config_pb2.ResolveConfigsRequest, context: grpc.aio.ServicerContext
     ) -> config_pb2.ResolveConfigsResponse:
+        """The answer as a message; over gRPC its encoded twin below serves the call."""
+        encoded_answer = await self.ResolveConfigsEncoded(request, context)
+        return config_pb2.ResolveConfigsResponse.FromString(encoded_answer)
+
+    @encoded
+    async def ResolveConfigsEncoded(
+        self, request: config_pb2.ResolveConfigsRequest, context: grpc.aio.ServicerContext
+    ) -> bytes:
         if len(request.keys) > MAX_RESOLVE_KEYS:
             raise InvalidArgument.field("keys", f"at most {MAX_RESOLVE_KEYS} keys per call")
         keys = sorted(set(request.keys)) if request.keys else sorted(config_keys.ALLOW_LIST)
         specs = [config_keys.spec_for(f"keys[{i}]", k) for i, k in enumerate(keys)]
         tenant, node = self._resolve_scope("tenant_id", request.tenant_id, request.node_id)
         if self.read_model is not None:
-            # Encoded bytes, passed through by the pipeline (see server/changes/read_model.py).
-            return cast(
-                config_pb2.ResolveConfigsResponse,
-                self.read_model.resolve_configs(specs, tenant, node),
-            )
+            return self.read_model.resolve_configs(specs, tenant, node)
         live = await configs.live_values_for(self.db, keys, tenant, node)
         response = config_pb2.ResolveConfigsResponse()
         for spec in specs:
@@ -276,7 +259,7 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
                 value=value_to_proto(value),
                 source_scope=source_scope_to_proto(scope),
             )
-        return response
+        return response.SerializeToString()
 
     async def ListConfigHistory(
         self, request: config_pb2.ListConfigHistoryRequest, context: grpc.aio.ServicerContext

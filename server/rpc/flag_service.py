@@ -7,8 +7,8 @@ stream can evolve without touching this module.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from typing import Protocol, cast
+from collections.abc import AsyncIterator
+from typing import Protocol
 
 import grpc
 from platform_admin.v1 import flag_pb2, flag_pb2_grpc
@@ -20,11 +20,11 @@ from domain.etags import parse_etag
 from domain.events import FlagChanged
 from domain.flags import Override
 from domain.ids import check_ulid
-from server.changes.read_model import ReadModel
 from server.rpc.convert import REASON_TO_PROTO, evaluation_to_proto, flag_to_proto
+from server.rpc.encoded import encoded
+from server.rpc.read_your_writes import ReadYourWrites
 from server.security import principal as principal_ctx
 from storage import flags
-from storage.db import Database
 
 OVERRIDE_FROM_PROTO = {
     flag_pb2.TENANT_OVERRIDE_ENABLED: Override.ENABLED,
@@ -43,15 +43,6 @@ class FlagWatch(Protocol):
     ) -> AsyncIterator[flag_pb2.WatchFlagsResponse]: ...
 
 
-def _checked(errors: Collector, check: Callable[[str, str], str], field: str, value: str) -> str:
-    """Runs one field check, collecting its violation so every bad field is reported."""
-    try:
-        return check(field, value)
-    except InvalidArgument as exc:
-        errors.violations.extend(exc.violations)
-        return ""
-
-
 def _evaluation_tenant(tenant_id: str) -> str:
     if not tenant_id:
         raise InvalidArgument.field("tenant_id", "is required")
@@ -62,30 +53,13 @@ def _evaluation_tenant(tenant_id: str) -> str:
     return tenant
 
 
-class FlagServicer(flag_pb2_grpc.FlagServiceServicer):
-    def __init__(
-        self, db: Database, watch: FlagWatch | None = None, read_model: ReadModel | None = None
-    ) -> None:
-        self.db = db
-        self.watch = watch
-        # Evaluations answer from memory when set (server/changes/read_model.py); writes feed it.
-        self.read_model = read_model
-
-    def _wrote(self, flag: FlagChanged) -> FlagChanged:
-        """Read-your-writes: this process answers with the new state from now on."""
-        if self.read_model is not None:
-            self.read_model.apply(flag)
-        return flag
-
-    def _actor(self) -> str | None:
-        return principal_ctx.current().subject
-
+class FlagServicer(ReadYourWrites[FlagWatch], flag_pb2_grpc.FlagServiceServicer):
     async def CreateFlag(
         self, request: flag_pb2.CreateFlagRequest, context: grpc.aio.ServicerContext
     ) -> flag_pb2.CreateFlagResponse:
         errors = Collector()
-        key = _checked(errors, rules.check_key, "key", request.key)
-        description = _checked(errors, rules.check_description, "description", request.description)
+        key = errors.check(rules.check_key, "key", request.key, "")
+        description = errors.check(rules.check_description, "description", request.description, "")
         errors.raise_if_any()
         row = self._wrote(
             await flags.create(self.db, key, description, request.default_enabled, self._actor())
@@ -126,22 +100,15 @@ class FlagServicer(flag_pb2_grpc.FlagServiceServicer):
         self, request: flag_pb2.UpdateFlagRequest, context: grpc.aio.ServicerContext
     ) -> flag_pb2.UpdateFlagResponse:
         errors = Collector()
-        key = _checked(errors, rules.check_key, "key", request.key)
-        mask: frozenset[str] = frozenset()
-        try:
-            mask = rules.check_update_mask("update_mask", request.update_mask.paths)
-        except InvalidArgument as exc:
-            errors.violations.extend(exc.violations)
+        key = errors.check(rules.check_key, "key", request.key, "")
+        paths = request.update_mask.paths
+        mask = errors.check(rules.check_update_mask, "update_mask", paths, frozenset[str]())
         description = None
         if "description" in mask:
-            description = _checked(
-                errors, rules.check_description, "description", request.description
+            description = errors.check(
+                rules.check_description, "description", request.description, ""
             )
-        expected = None
-        try:
-            expected = parse_etag("etag", request.etag)
-        except InvalidArgument as exc:
-            errors.violations.extend(exc.violations)
+        expected = errors.check(parse_etag, "etag", request.etag, None)
         errors.raise_if_any()
         row = await flags.update(
             self.db,
@@ -158,22 +125,18 @@ class FlagServicer(flag_pb2_grpc.FlagServiceServicer):
         self, request: flag_pb2.SetTenantOverrideRequest, context: grpc.aio.ServicerContext
     ) -> flag_pb2.SetTenantOverrideResponse:
         errors = Collector()
-        key = _checked(errors, rules.check_key, "key", request.key)
+        key = errors.check(rules.check_key, "key", request.key, "")
         tenant = ""
         if not request.tenant_id:
             errors.add("tenant_id", "is required")
         else:
-            tenant = _checked(errors, check_ulid, "tenant_id", request.tenant_id)
+            tenant = errors.check(check_ulid, "tenant_id", request.tenant_id, "")
         override = OVERRIDE_FROM_PROTO.get(request.override)
         if request.override == flag_pb2.TENANT_OVERRIDE_UNSPECIFIED:
             errors.add("override", f"is required ({_OVERRIDES})")
         elif override is None:
             errors.add("override", f"unknown value {request.override} ({_OVERRIDES})")
-        expected = None
-        try:
-            expected = parse_etag("etag", request.etag)
-        except InvalidArgument as exc:
-            errors.violations.extend(exc.violations)
+        expected = errors.check(parse_etag, "etag", request.etag, None)
         errors.raise_if_any()
         assert override is not None
         row = self._wrote(
@@ -183,12 +146,8 @@ class FlagServicer(flag_pb2_grpc.FlagServiceServicer):
 
     async def _set_archived(self, key: str, etag: str, archived: bool) -> FlagChanged:
         errors = Collector()
-        checked_key = _checked(errors, rules.check_key, "key", key)
-        expected = None
-        try:
-            expected = parse_etag("etag", etag)
-        except InvalidArgument as exc:
-            errors.violations.extend(exc.violations)
+        checked_key = errors.check(rules.check_key, "key", key, "")
+        expected = errors.check(parse_etag, "etag", etag, None)
         errors.raise_if_any()
         return self._wrote(
             await flags.set_archived(self.db, checked_key, archived, expected, self._actor())
@@ -221,6 +180,14 @@ class FlagServicer(flag_pb2_grpc.FlagServiceServicer):
     async def EvaluateFlags(
         self, request: flag_pb2.EvaluateFlagsRequest, context: grpc.aio.ServicerContext
     ) -> flag_pb2.EvaluateFlagsResponse:
+        """The answer as a message; over gRPC its encoded twin below serves the call."""
+        encoded_answer = await self.EvaluateFlagsEncoded(request, context)
+        return flag_pb2.EvaluateFlagsResponse.FromString(encoded_answer)
+
+    @encoded
+    async def EvaluateFlagsEncoded(
+        self, request: flag_pb2.EvaluateFlagsRequest, context: grpc.aio.ServicerContext
+    ) -> bytes:
         # The limit first, before anything walks the keys (a 4 MiB request holds ~1.4 M).
         if len(request.keys) > rules.MAX_EVALUATE_KEYS:
             raise InvalidArgument.field("keys", f"at most {rules.MAX_EVALUATE_KEYS} keys per call")
@@ -229,19 +196,16 @@ class FlagServicer(flag_pb2_grpc.FlagServiceServicer):
             known = self.read_model.known_answer(request.tenant_id, request.keys)
             if known is not None:
                 _evaluation_tenant(request.tenant_id)
-                return cast(flag_pb2.EvaluateFlagsResponse, known)
+                return known
         keys = [rules.check_key(f"keys[{i}]", k) for i, k in enumerate(request.keys)]
         tenant = _evaluation_tenant(request.tenant_id)
         if self.read_model is not None:
-            # Encoded bytes, passed through by the pipeline (see server/changes/read_model.py).
-            return cast(
-                flag_pb2.EvaluateFlagsResponse, self.read_model.evaluate_flags(tenant, keys)
-            )
+            return self.read_model.evaluate_flags(tenant, keys)
         response = flag_pb2.EvaluateFlagsResponse()
         if not keys:
             for live in await flags.live(self.db):
                 response.evaluations[live.key].CopyFrom(evaluation_to_proto(live.evaluate(tenant)))
-            return response
+            return response.SerializeToString()
         found = await flags.get_many(self.db, keys)
         for key in dict.fromkeys(keys):  # request order, each key once
             row = found.get(key)
@@ -249,7 +213,7 @@ class FlagServicer(flag_pb2_grpc.FlagServiceServicer):
                 response.missing_keys.append(key)
             else:
                 response.evaluations[key].CopyFrom(evaluation_to_proto(row.evaluate(tenant)))
-        return response
+        return response.SerializeToString()
 
     async def WatchFlags(
         self, request: flag_pb2.WatchFlagsRequest, context: grpc.aio.ServicerContext

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import grpc
 
 from domain.errors import DomainError, PermissionDenied
+from server.rpc.encoded import passing_bytes, twin_of
 from server.rpc.errors import INTERNAL, status_code_of, to_status
 from server.security import principal as principal_ctx
 from server.security.principal import Principal
@@ -62,38 +63,15 @@ class AllowAll:
 
 
 def _domain_error(exc: BaseException, method: str) -> DomainError:
+    """Domain errors go out as they are; anything else is a bug: INTERNAL, details logged.
+
+    Database errors never get here: storage/ translates every driver error at its boundary
+    (storage/db.py ``Database.read`` / ``transaction``, storage/notify.py).
+    """
     if isinstance(exc, DomainError):
         return exc
-    from storage.db import translate  # database errors that escaped a query module
-
-    try:
-        import psycopg
-        import psycopg_pool
-
-        if isinstance(exc, psycopg.Error | psycopg_pool.PoolTimeout):
-            return translate(exc)
-    except ImportError:  # pragma: no cover
-        pass
     log.exception("unhandled error in %s", method, exc_info=exc)
     return INTERNAL
-
-
-def _passing_bytes(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
-    """The response serializer, except that an already encoded answer goes out unchanged.
-
-    The read model (server/changes/read_model.py) caches hot answers as encoded bytes; a handler
-    returning bytes skips building and serializing the message on every call.
-    """
-    if serialize is None:
-        return None
-
-    def serializer(response: Any) -> bytes:
-        if response.__class__ is bytes:
-            encoded: bytes = response
-            return encoded
-        return serialize(response)
-
-    return serializer
 
 
 class _Resume:
@@ -181,7 +159,8 @@ class Pipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         default_deadline = self.default_deadline_s
 
         if handler.unary_unary is not None:
-            inner_unary = handler.unary_unary
+            # A hot read's twin answers with encoded bytes (server/rpc/encoded.py).
+            inner_unary = twin_of(handler.unary_unary) or handler.unary_unary
 
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 started = self._start(method)
@@ -239,7 +218,7 @@ class Pipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return grpc.unary_unary_rpc_method_handler(
                 unary,
                 request_deserializer=handler.request_deserializer,
-                response_serializer=_passing_bytes(handler.response_serializer),
+                response_serializer=passing_bytes(handler.response_serializer),
             )
 
         if handler.unary_stream is not None:

@@ -29,7 +29,7 @@ import grpc
 from google.protobuf.message import Message
 from platform_admin.v1 import config_pb2, flag_pb2, watch_pb2
 
-from domain import config_keys, cursor, events
+from domain import config_keys, cursor
 from domain.errors import DomainError, InvalidArgument, ResourceExhausted, Unavailable
 from domain.events import ChangeEvent, ConfigChanged, FlagChanged
 from domain.flags import check_key
@@ -65,33 +65,30 @@ C = TypeVar("C", FlagChanged, ConfigChanged)
 class StreamKind(Generic[C]):
     """What differs between WatchFlags and WatchConfigs; everything else is shared."""
 
-    name: str
-    subject: str
-    change: type[C]
+    name: str  # metrics label
+    change: type[C]  # the event this stream carries (its subject is the change's)
     response: Callable[..., Message]
-    changed_field: str
+    changed_field: str  # the response field of a change message
     to_proto: Callable[[C], Message]
     # A row's place in snapshot (keyset) order.
     position: Callable[[C], stream.Position]
 
 
 FLAGS = StreamKind(
-    name="flags",
-    subject=events.FLAG_CHANGED,
-    change=FlagChanged,
-    response=flag_pb2.WatchFlagsResponse,
-    changed_field="flag_changed",
-    to_proto=flag_to_proto,
-    position=stream.flag_position,
+    "flags",
+    FlagChanged,
+    flag_pb2.WatchFlagsResponse,
+    "flag_changed",
+    flag_to_proto,
+    stream.flag_position,
 )
 CONFIGS = StreamKind(
-    name="configs",
-    subject=events.CONFIG_CHANGED,
-    change=ConfigChanged,
-    response=config_pb2.WatchConfigsResponse,
-    changed_field="config_changed",
-    to_proto=config_to_proto,
-    position=stream.config_position,
+    "configs",
+    ConfigChanged,
+    config_pb2.WatchConfigsResponse,
+    "config_changed",
+    config_to_proto,
+    stream.config_position,
 )
 
 
@@ -305,7 +302,7 @@ class Watch:
                 after = end[0]
             sub.subscription = self.feed.subscribe(
                 after,
-                subjects=[kind.subject],
+                subjects=[kind.change.subject],
                 accept=accept,
                 queue_limit=self.queue_limit,
                 idle_s=self.heartbeat_s,
@@ -394,7 +391,11 @@ class Watch:
             position, last_head = heads[0], heads[-1]
             while position < last_head:
                 batch = await stream.read_after(
-                    self.db, position, stream.SNAPSHOT_PAGE, upto=last_head, subjects=[kind.subject]
+                    self.db,
+                    position,
+                    stream.SNAPSHOT_PAGE,
+                    upto=last_head,
+                    subjects=[kind.change.subject],
                 )
                 for event in batch:
                     position = event.seq
