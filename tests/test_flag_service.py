@@ -21,6 +21,7 @@ from domain.flags import Override, apply_override
 from server.app import App
 from server.rpc.flag_service import FlagServicer
 from server.rpc.pipeline import AllowAll, Pipeline
+from server.security import principal
 from server.security.principal import PLATFORM_ADMIN, SERVICE, TENANT_ADMIN, Principal
 from server.settings import Settings
 from tests.helpers import TENANT_A, TENANT_B, expect_error
@@ -823,9 +824,17 @@ async def test_hot_reads_called_directly_return_messages_like_the_wire(app, flag
     await create(flags, "f0", default_enabled=True)
     await override(flags, TENANT_A, DISABLED, key="f0")
     servicer = FlagServicer(app.db, read_model=app.read_model)
-    for keys in ([], ["f0", "nope"]):
+    # Outside the pipeline nobody is bound by default: the direct call says who it is.
+    token = principal.bind(principal.ANONYMOUS_ADMIN)
+    try:
+        directs = [
+            await servicer.EvaluateFlags(pb.EvaluateFlagsRequest(tenant_id=TENANT_A, keys=k), None)
+            for k in ([], ["f0", "nope"])
+        ]
+    finally:
+        principal.unbind(token)
+    for keys, direct in zip(([], ["f0", "nope"]), directs, strict=True):
         request = pb.EvaluateFlagsRequest(tenant_id=TENANT_A, keys=keys)
-        direct = await servicer.EvaluateFlags(request, None)
         assert type(direct) is pb.EvaluateFlagsResponse
         assert direct == await flags.EvaluateFlags(request)
         assert direct.evaluations["f0"].reason == pb.EVALUATION_REASON_TENANT_DISABLED

@@ -22,6 +22,7 @@ from platform_admin.v1 import health_pb2_grpc as pb_grpc
 from domain.health import AllowList, Status
 from server.app import App, pool_settings
 from server.ops.prober import AllowListResolver, HttpProbe, NotAllowed, ProberConfig, probe
+from server.rpc.pipeline import AllowAll
 from server.settings import Settings
 from storage.db import Database
 from storage.health import claim_due
@@ -382,7 +383,7 @@ async def test_deleting_a_source_stops_its_checks(app: App, hs, sql, http):
 
 
 async def test_two_replicas_check_each_source_once_per_interval(db_url, settings, sql, http):
-    replicas = [App(replace(settings), db_url) for _ in range(2)]
+    replicas = [App(replace(settings), db_url, authorizer=AllowAll()) for _ in range(2)]
     for replica in replicas:
         await replica.start()
     try:
