@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from domain.errors import Collector, InvalidArgument
+from domain.text import has_control, has_prose_control
 
 ConfigValue = int | bool | str
 
@@ -30,7 +31,7 @@ class ValueType(StrEnum):
 
 
 _HOSTNAME_RE = re.compile(
-    r"^(?=.{1,253}$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*$"
+    r"^(?=.{1,253}\Z)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*$"
 )
 # Deliberately conservative: one @, a dotted domain, no spaces or quotes.
 _EMAIL_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
@@ -70,8 +71,10 @@ class ConfigKeySpec:
             raise InvalidArgument.field(
                 field, f"{self.key} must be at most {self.max_length} characters"
             )
+        if has_control(value):
+            raise InvalidArgument.field(field, f"{self.key} must not contain control characters")
         pattern = _FORMATS.get(self.string_format)
-        if pattern is not None and not pattern.match(value):
+        if pattern is not None and not pattern.fullmatch(value):
             raise InvalidArgument.field(field, f"{self.key} must be a valid {self.string_format}")
         return value
 
@@ -194,7 +197,7 @@ def deserialize(text: str) -> ConfigValue:
 
 
 def check_node_id(field: str, node_id: str) -> str:
-    if not _NODE_ID_RE.match(node_id):
+    if not _NODE_ID_RE.fullmatch(node_id):
         raise InvalidArgument.field(field, "must be 1-100 characters of A-Z a-z 0-9 . _ : -")
     return node_id
 
@@ -260,6 +263,8 @@ def check_target(
 def check_description(field: str, description: str) -> str:
     if len(description) > MAX_DESCRIPTION:
         raise InvalidArgument.field(field, f"must be at most {MAX_DESCRIPTION} characters")
-    if "\x00" in description:
-        raise InvalidArgument.field(field, "must not contain NUL characters")
+    if has_prose_control(description):
+        raise InvalidArgument.field(
+            field, "must not contain control characters (newline and tab are allowed)"
+        )
     return description

@@ -19,6 +19,7 @@ import uuid
 from dataclasses import dataclass
 
 from domain.errors import InvalidArgument, OutOfRange
+from domain.text import urlsafe_b64decode_strict
 
 _VERSION = 1
 _LAYOUT = struct.Struct(">B8sQ")  # version, database tag, seq
@@ -62,7 +63,7 @@ def decode(text: str) -> Cursor:
     if len(text) > _MAX_TEXT:
         raise _forged()
     try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        raw = urlsafe_b64decode_strict(text)
     except (binascii.Error, ValueError):
         raise _forged() from None
     if len(raw) != _LENGTH or raw[0] != _VERSION:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from domain.errors import InvalidArgument
+from domain.text import has_prose_control
 
 KEY_PATTERN = r"^[a-z][a-z0-9_.-]{0,99}$"
 _KEY_RE = re.compile(KEY_PATTERN)
@@ -73,8 +74,10 @@ def check_key(field: str, key: str) -> str:
 def check_description(field: str, description: str) -> str:
     if len(description) > MAX_DESCRIPTION:
         raise InvalidArgument.field(field, f"must be at most {MAX_DESCRIPTION} characters")
-    if "\x00" in description:
-        raise InvalidArgument.field(field, "must not contain NUL characters")
+    if has_prose_control(description):
+        raise InvalidArgument.field(
+            field, "must not contain control characters (newline and tab are allowed)"
+        )
     return description
 
 

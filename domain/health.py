@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from domain.errors import Collector, InvalidArgument
+from domain.text import has_control
 
 
 class Status(StrEnum):
@@ -68,7 +69,7 @@ IMMUTABLE_FIELDS = ("id", "service_id")
 def check_service_id(field: str, value: str) -> str:
     if not value:
         raise InvalidArgument.field(field, "is required")
-    if not SERVICE_ID_RE.match(value):
+    if not SERVICE_ID_RE.fullmatch(value):
         raise InvalidArgument.field(
             field, "must match ^[a-z][a-z0-9-]{0,99}$ (lower-case letter, then a-z, 0-9, '-')"
         )
@@ -101,7 +102,7 @@ def parse_health_url(field: str, url: str) -> ProbeTarget:
         raise InvalidArgument.field(field, "is required")
     if len(url) > MAX_URL_LENGTH:
         raise InvalidArgument.field(field, f"must be at most {MAX_URL_LENGTH} characters")
-    if not url.isascii() or any(c.isspace() or ord(c) < 0x20 for c in url):
+    if not url.isascii() or has_control(url) or " " in url:
         raise InvalidArgument.field(field, "must be an ASCII URL without spaces")
     try:
         parts = urlsplit(url)
@@ -178,6 +179,53 @@ _HOST_PATTERN_RE = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,62})(\.[a-z0-9]([a-
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
+# Never probed, whatever PLATFORM_ADMIN_PROBE_ALLOWED_HOSTS says (even "*"): cloud instance
+# metadata services hand out credentials to whoever asks from the instance, and link-local,
+# unspecified, multicast and broadcast addresses are no service's health endpoint. An
+# operator who lists 169.254.0.0/16 or fc00::/7 still cannot reach these.
+ALWAYS_DENIED: tuple[IpNetwork, ...] = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "169.254.0.0/16",  # IPv4 link-local: AWS, GCP, Azure, OCI metadata at 169.254.169.254
+        "fe80::/10",  # IPv6 link-local
+        "fd00:ec2::/32",  # AWS IPv6 instance metadata (fd00:ec2::254) and DNS
+        "fd20:ce::254/128",  # GCP IPv6 metadata server
+        "100.100.100.200/32",  # Alibaba Cloud metadata
+        "168.63.129.16/32",  # Azure host (WireServer)
+        "0.0.0.0/8",  # "this network": 0.0.0.0 reaches the local host on Linux
+        "::/128",  # unspecified
+        "224.0.0.0/4",  # IPv4 multicast
+        "ff00::/8",  # IPv6 multicast
+        "255.255.255.255/32",  # broadcast
+    )
+)
+# IPv6 forms that carry an IPv4 address a packet may end up at.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped  # ::ffff:169.254.169.254
+    if ip.sixtofour is not None:
+        return ip.sixtofour  # 2002:a9fe:a9fe::
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)  # 64:ff9b::a9fe:a9fe
+    return None
+
+
+def always_denied(address: str | IpAddress) -> bool:
+    """True for an address in ALWAYS_DENIED (or an IPv6 form of one); unparsable: True."""
+    try:
+        ip = ipaddress.ip_address(address) if isinstance(address, str) else address
+    except ValueError:
+        return True
+    candidates: list[IpAddress] = [ip]
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            candidates.append(embedded)
+    return any(c in net for c in candidates for net in ALWAYS_DENIED if net.version == c.version)
+
 
 @dataclass(frozen=True)
 class AllowList:
@@ -212,7 +260,7 @@ class AllowList:
                 continue
             except ValueError:
                 pass
-            if not _HOST_PATTERN_RE.match(entry):
+            if not _HOST_PATTERN_RE.fullmatch(entry):
                 raise ValueError(f"{raw.strip()!r} is neither an IP network nor a host name")
             names.append(entry)
         return cls(tuple(networks), tuple(names), any_host)
@@ -230,15 +278,25 @@ class AllowList:
         return False
 
     def allows_address(self, address: str | IpAddress) -> bool:
+        """Whether the prober may connect to this address (ALWAYS_DENIED first)."""
+        if always_denied(address):
+            return False
         if self.any_host:
             return True
-        try:
-            ip = ipaddress.ip_address(address) if isinstance(address, str) else address
-        except ValueError:
-            return False
+        ip = ipaddress.ip_address(address) if isinstance(address, str) else address
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped  # ::ffff:10.0.0.1 is 10.0.0.1
         return any(ip in net for net in self.networks if net.version == ip.version)
+
+    def allows_resolved(self, host: str, address: str | IpAddress) -> bool:
+        """Whether a host name, resolved to ``address``, may be contacted there.
+
+        A listed name skips the network check but never the always-denied ranges: a name
+        entry (or "*") must not become a way to reach a metadata service through DNS.
+        """
+        if always_denied(address):
+            return False
+        return self.allows_name(host) or self.allows_address(address)
 
 
 def ip_literal(host: str) -> IpAddress | None:
@@ -255,6 +313,12 @@ def check_target_allowed(field: str, target: ProbeTarget, allow: AllowList) -> N
     change; checking once here would invite DNS rebinding).
     """
     ip = ip_literal(target.host)
+    if ip is not None and always_denied(ip):
+        raise InvalidArgument.field(
+            field,
+            f"host {target.host} is never probed: cloud metadata, link-local and special"
+            " addresses are refused whatever PLATFORM_ADMIN_PROBE_ALLOWED_HOSTS says",
+        )
     if ip is not None and not allow.allows_address(ip):
         raise InvalidArgument.field(
             field,

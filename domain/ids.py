@@ -26,13 +26,13 @@ def new_ulid() -> str:
 
 
 def is_ulid(value: str) -> bool:
-    return bool(_ULID_RE.match(value))
+    return _ULID_RE.fullmatch(value) is not None
 
 
 def check_ulid(field: str, value: str) -> str:
     """Returns the canonical (upper-case) ULID or raises InvalidArgument naming ``field``."""
     upper = value.upper()
-    if not _ULID_RE.match(upper):
+    if not _ULID_RE.fullmatch(upper):
         raise InvalidArgument.field(field, "must be a 26-character ULID")
     return upper
 

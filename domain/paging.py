@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from domain.errors import InvalidArgument
+from domain.text import urlsafe_b64decode_strict
 
 R = TypeVar("R")
 
@@ -57,8 +58,7 @@ def decode(token: str, kind: str, filters: Any, arity: int) -> list[Any] | None:
     if len(token) > _MAX_TOKEN_LENGTH:
         raise bad
     try:
-        padded = token + "=" * (-len(token) % 4)
-        body = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+        body = json.loads(urlsafe_b64decode_strict(token))
     except (ValueError, UnicodeError):
         raise bad from None
     if not isinstance(body, dict) or body.get("f") != _fingerprint(kind, filters):

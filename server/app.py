@@ -38,7 +38,7 @@ from server.rpc.access_log import AccessLog
 from server.rpc.config_service import ConfigServicer
 from server.rpc.flag_service import FlagServicer
 from server.rpc.health_service import HealthServicer
-from server.rpc.pipeline import AllowAll, Authorizer, CallObserver, Pipeline
+from server.rpc.pipeline import Authorizer, CallObserver, Pipeline
 from server.rpc.watch import Watch
 from server.settings import Settings, SettingsError
 from storage.db import Database, PoolSettings
@@ -89,7 +89,8 @@ def server_options(reuse_port: bool) -> list[tuple[str, int]]:
 class App:
     settings: Settings
     conninfo: str
-    authorizer: Authorizer = field(default_factory=AllowAll)
+    # No default: whoever composes the server chooses (AllowAll only for dev mode and tests).
+    authorizer: Authorizer = field(kw_only=True)
     observers: list[CallObserver] = field(default_factory=list)
     credentials: grpc.ServerCredentials | None = None
     # TLS for the HTTP listener (server/security/tls.py http_ssl_context), beside credentials.
@@ -108,7 +109,14 @@ class App:
         # The one way to consume the stream: every consumer subscribes here
         # (server/changes/feed.py; docs/adr/0006-change-events-and-subscriptions.md).
         self.changes = ChangeFeed(self.db, self.tail)
-        self.watch = Watch(self.db, self.changes, heartbeat_s=self.settings.watch_heartbeat_s)
+        self.watch = Watch(
+            self.db,
+            self.changes,
+            heartbeat_s=self.settings.watch_heartbeat_s,
+            max_streams=self.settings.watch_max_streams,
+            max_streams_per_principal=self.settings.watch_max_streams_per_principal,
+            snapshot_deadline_s=self.settings.watch_snapshot_deadline_s,
+        )
         # Metrics and the access log see every call; observers passed in come after them.
         self.observers = [
             RpcMetrics(),
@@ -122,7 +130,9 @@ class App:
         # The /metrics listener; `serve` starts it (tests may too).
         self.metrics = MetricsServer(self.db)
         # Every flag and config in memory, fed by the tail: Evaluate*/Resolve* never query.
-        self.read_model = ReadModel(self.db, self.changes)
+        self.read_model = ReadModel(
+            self.db, self.changes, answer_cache_bytes=self.settings.answer_cache_mib * 1024 * 1024
+        )
         # flagd evaluation / sync protocols over the same read model (server/openfeature/).
         self.openfeature = OpenFeature(self.read_model, self.changes)
         self.health = health.aio.HealthServicer()
@@ -134,7 +144,9 @@ class App:
         self.prober = Prober(self.db, ProberConfig.from_settings(self.settings))
         self.config_servicer = ConfigServicer(self.db, watch=self.watch, read_model=self.read_model)
         self.flag_servicer = FlagServicer(self.db, watch=self.watch, read_model=self.read_model)
-        self.health_servicer = HealthServicer(self.db, self.prober.config.allow_list)
+        self.health_servicer = HealthServicer(
+            self.db, self.prober.config.allow_list, self.settings.record_result_min_interval_s
+        )
         # By full service name, for the HTTP listener's JSON API (server/http/api.py).
         self.servicers: dict[str, object] = dict(
             zip(

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 
 from server.ops import logs, workers
-from server.rpc.pipeline import AllowAll, Authorizer
+from server.rpc.pipeline import Authorizer
 from server.security.principal import ALL_ROLES
 from server.settings import Settings, SettingsError
 from storage.db import Database
@@ -52,7 +52,7 @@ def with_bus(settings: Settings) -> tuple[object | None, Settings]:
 async def _serve(
     settings: Settings,
     conninfo: str,
-    authorizer: Authorizer | None = None,
+    authorizer: Authorizer,
     credentials: grpc.ServerCredentials | None = None,
     reuse_port: bool = False,
     http_ssl: ssl.SSLContext | None = None,
@@ -66,7 +66,7 @@ async def _serve(
     app = App(
         settings,
         conninfo,
-        authorizer=authorizer or AllowAll(),
+        authorizer=authorizer,
         credentials=credentials,
         http_ssl=http_ssl,
         reuse_port=reuse_port,

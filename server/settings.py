@@ -6,6 +6,7 @@ instead of failing later in a way that hides the cause.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -79,8 +80,24 @@ def _allowed_hosts(env: Mapping[str, str], name: str) -> tuple[str, ...]:
 
 
 def is_loopback(listen: str) -> bool:
-    host = listen.rpartition(":")[0].strip("[]")
-    return host in ("localhost", "::1") or host.startswith("127.")
+    """True only for ``localhost`` or an IP address in 127.0.0.0/8 or ::1, parsed as one.
+
+    A prefix test would take ``127.corp.example`` (any host name) for loopback.
+    """
+    host, sep, _ = listen.rpartition(":")
+    if not sep:
+        return False
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
 
 
 _MIN_SECRET_BYTES = 32
@@ -264,6 +281,14 @@ class Settings:
     migrate_on_start: bool = True
     # WatchFlags / WatchConfigs: seconds between heartbeats on an idle stream.
     watch_heartbeat_s: float = 15.0
+    # Limits on what one caller can make the process hold (see README, Security): open
+    # WatchFlags/WatchConfigs streams per process and per principal (the token's sub), the
+    # time a stream's snapshot may take to be written to the client, and the bytes each of
+    # the read model's two answer caches may hold.
+    watch_max_streams: int = 5000
+    watch_max_streams_per_principal: int = 1000
+    watch_snapshot_deadline_s: float = 60.0
+    answer_cache_mib: int = 16
     # Operations (server/ops/metrics.py, server/rpc/access_log.py). metrics_listen None: no
     # listener; with several workers, worker i listens on the port + i.
     metrics_listen: str | None = "127.0.0.1:9464"
@@ -284,6 +309,9 @@ class Settings:
     probe_concurrency: int = 32
     probe_enabled: bool = True
     health_prune_interval_s: float = 3600.0
+    # RecordCheckResult: at most one pushed result per source per this many seconds (0: no
+    # limit); results are kept 30 days, so an unbounded pusher would grow the table at will.
+    record_result_min_interval_s: float = 1.0
     # Security (server/security/auth.py, server/security/tls.py). auth is "jwt" or "off";
     # "off" only on loopback.
     auth: str = "off"
@@ -362,6 +390,14 @@ class Settings:
             ),
             log_format=_choice(env, "PLATFORM_ADMIN_LOG_FORMAT", "text", ("text", "json")),
             watch_heartbeat_s=_float(env, "PLATFORM_ADMIN_WATCH_HEARTBEAT_S", 15.0, 0.1, 3600),
+            watch_max_streams=_int(env, "PLATFORM_ADMIN_WATCH_MAX_STREAMS", 5000, 1, 1_000_000),
+            watch_max_streams_per_principal=_int(
+                env, "PLATFORM_ADMIN_WATCH_MAX_STREAMS_PER_PRINCIPAL", 1000, 1, 1_000_000
+            ),
+            watch_snapshot_deadline_s=_float(
+                env, "PLATFORM_ADMIN_WATCH_SNAPSHOT_DEADLINE_S", 60.0, 1, 3600
+            ),
+            answer_cache_mib=_int(env, "PLATFORM_ADMIN_ANSWER_CACHE_MIB", 16, 0, 4096),
             migrate_on_start=_choice(
                 env, "PLATFORM_ADMIN_MIGRATE_ON_START", "true", ("true", "false")
             )
@@ -387,6 +423,9 @@ class Settings:
             == "true",
             health_prune_interval_s=_float(
                 env, "PLATFORM_ADMIN_HEALTH_PRUNE_INTERVAL_S", 3600.0, 1, 86_400
+            ),
+            record_result_min_interval_s=_float(
+                env, "PLATFORM_ADMIN_RECORD_RESULT_MIN_INTERVAL_S", 1.0, 0, 3600
             ),
             **_security(env),
             **_bus(env),

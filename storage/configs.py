@@ -82,22 +82,25 @@ SELECT key, scope, tenant_id, node_id, value, description, is_archived, version,
  ORDER BY key, scope, COALESCE(tenant_id, ''), COALESCE(node_id, '')
  LIMIT %(limit)s
 """
+# clock_timestamp(), not now(): now() is when the transaction began, so a writer that
+# waited for the row lock would stamp (and copy into history) a time earlier than the write
+# it waited behind. The time the statement runs, under the lock, follows commit order.
 _INSERT = """
-INSERT INTO platform_configs (key, scope, tenant_id, node_id, value, description)
-VALUES (%s, %s, %s, %s, %s, %s)
+INSERT INTO platform_configs (key, scope, tenant_id, node_id, value, description, updated_at)
+VALUES (%s, %s, %s, %s, %s, %s, clock_timestamp())
 ON CONFLICT ON CONSTRAINT uq_platform_configs_identity DO NOTHING
 RETURNING key, scope, tenant_id, node_id, value, description, is_archived, version, updated_at
 """
 _UPDATE_VALUE = """
 UPDATE platform_configs
-   SET value = %s, description = %s, version = version + 1, updated_at = now()
+   SET value = %s, description = %s, version = version + 1, updated_at = clock_timestamp()
  WHERE key = %s AND scope = %s AND tenant_id IS NOT DISTINCT FROM %s
    AND node_id IS NOT DISTINCT FROM %s
 RETURNING key, scope, tenant_id, node_id, value, description, is_archived, version, updated_at
 """
 _UPDATE_ARCHIVED = """
 UPDATE platform_configs
-   SET is_archived = %s, version = version + 1, updated_at = now()
+   SET is_archived = %s, version = version + 1, updated_at = clock_timestamp()
  WHERE key = %s AND scope = %s AND tenant_id IS NOT DISTINCT FROM %s
    AND node_id IS NOT DISTINCT FROM %s
 RETURNING key, scope, tenant_id, node_id, value, description, is_archived, version, updated_at

@@ -18,7 +18,7 @@ from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from domain import health as rules
-from domain.errors import NotFound, PermissionDenied
+from domain.errors import NotFound, PermissionDenied, ResourceExhausted
 from domain.etags import check_etag
 from domain.events import HealthChange, HealthSource, HealthSourceChanged
 from domain.health import Damping, Status
@@ -344,6 +344,42 @@ async def heartbeat_in(conn: psycopg.AsyncConnection, service_id: str) -> Source
     return row
 
 
+_CLAIM_PUSH = """
+UPDATE health_sources
+   SET last_pushed_at = clock_timestamp()
+ WHERE id = %(id)s
+   AND (last_pushed_at IS NULL
+        OR last_pushed_at <= clock_timestamp() - make_interval(secs => %(interval)s))
+RETURNING id
+"""
+_PUSH_WAIT = """
+SELECT GREATEST(EXTRACT(EPOCH FROM last_pushed_at + make_interval(secs => %(interval)s)
+                                   - clock_timestamp()), 0)::float8
+  FROM health_sources WHERE id = %(id)s
+"""
+
+
+async def _claim_push(conn: psycopg.AsyncConnection, source_id: str, interval_s: float) -> None:
+    """Takes this source's pushed-result slot, or RESOURCE_EXHAUSTED saying when it frees.
+
+    Runs under the source's row lock: concurrent pushes queue, and only one per interval
+    gets through on any replica.
+    """
+    if interval_s <= 0:
+        return
+    params = {"id": source_id, "interval": interval_s}
+    cur = await conn.execute(_CLAIM_PUSH, params)
+    if await cur.fetchone() is not None:
+        return
+    wait = await (await conn.execute(_PUSH_WAIT, params)).fetchone()
+    retry_s = float(wait[0]) if wait is not None and wait[0] is not None else interval_s
+    raise ResourceExhausted(
+        f"at most one pushed result per {interval_s:g} s per source"
+        f" (PLATFORM_ADMIN_RECORD_RESULT_MIN_INTERVAL_S); retry in {max(retry_s, 0.001):.3f} s",
+        reason="CHECK_RESULT_RATE_LIMITED",
+    )
+
+
 async def record_result(
     db: Database,
     source_id: str,
@@ -352,12 +388,15 @@ async def record_result(
     *,
     only_service_id: str | None = None,
     actor: str | None = None,
+    min_push_interval_s: float | None = None,
 ) -> tuple[ResultRow, SourceRow]:
     """Stores one raw result and applies flap damping to the source, atomically.
 
     ``only_service_id``: the caller may record only for the source of this service
-    (PERMISSION_DENIED otherwise, nothing written). A change of the damped status writes
-    an outbox row in the same transaction.
+    (PERMISSION_DENIED otherwise, nothing written). ``min_push_interval_s`` (pushed
+    results): RESOURCE_EXHAUSTED, nothing written, if the source's previous pushed result
+    is more recent than that. A change of the damped status writes an outbox row in the
+    same transaction.
     """
 
     async def work(conn: psycopg.AsyncConnection) -> tuple[ResultRow, SourceRow]:
@@ -366,6 +405,8 @@ async def record_result(
             raise PermissionDenied(
                 f"service {only_service_id!r} may record results only for its own source"
             )
+        if min_push_interval_s is not None:
+            await _claim_push(conn, source_id, min_push_interval_s)
         result = await fetch_one(
             conn, ResultRow, _INSERT_RESULT, (new_ulid(), source_id, status.value, Jsonb(details))
         )

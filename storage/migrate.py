@@ -33,7 +33,7 @@ class Migration:
 def available() -> list[Migration]:
     found = []
     for entry in (Path(__file__).parent / "migrations").iterdir():
-        match = _NAME_RE.match(entry.name)
+        match = _NAME_RE.fullmatch(entry.name)
         if match:
             found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
     found.sort(key=lambda m: m.version)

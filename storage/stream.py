@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Generic, LiteralString, TypeVar
@@ -109,6 +109,30 @@ SELECT key, scope, tenant_id, node_id, value, description, is_archived, version,
  WHERE (%(keys)s::text[] IS NULL OR key = ANY(%(keys)s))
    AND (NOT %(tenant_only)s OR scope = 'PLATFORM' OR tenant_id = %(tenant_id)s)
  ORDER BY key, scope, COALESCE(tenant_id, ''), COALESCE(node_id, '')
+"""
+# Snapshot pages for watch streams, in keyset order. COLLATE "C" makes the order the code
+# point order Python compares positions in (server/rpc/watch.py finds a row's page by it).
+_FLAG_PAGE = """
+SELECT key, description, default_enabled, enabled_tenant_ids, disabled_tenant_ids,
+       is_archived, version, created_at, updated_at
+  FROM feature_flags
+ WHERE (%(keys)s::text[] IS NULL OR key = ANY(%(keys)s))
+   AND (%(after)s::text IS NULL OR key COLLATE "C" > %(after)s)
+ ORDER BY key COLLATE "C"
+ LIMIT %(limit)s
+"""
+_CONFIG_PAGE = """
+SELECT key, scope, tenant_id, node_id, value, description, is_archived, version, updated_at
+  FROM platform_configs
+ WHERE (%(keys)s::text[] IS NULL OR key = ANY(%(keys)s))
+   AND (NOT %(tenant_only)s OR scope = 'PLATFORM' OR tenant_id = %(tenant_id)s)
+   AND (%(after_key)s::text IS NULL
+        OR (key COLLATE "C", scope COLLATE "C", COALESCE(tenant_id, '') COLLATE "C",
+            COALESCE(node_id, '') COLLATE "C")
+           > (%(after_key)s, %(after_scope)s, %(after_tenant)s, %(after_node)s))
+ ORDER BY key COLLATE "C", scope COLLATE "C", COALESCE(tenant_id, '') COLLATE "C",
+          COALESCE(node_id, '') COLLATE "C"
+ LIMIT %(limit)s
 """
 # One statement per batch: the rows go and the watermark rises to the highest seq removed,
 # together (a data-modifying WITH runs once, whether or not the DELETE reads it).
@@ -211,14 +235,25 @@ async def read_after(
             f"the changes after position {after} are older than the retention period"
             " and were removed; resync without a cursor"
         )
-    return [event for r in rows if r["seq"] is not None and (event := _event(r)) is not None]
+    return [event for r in rows if r["seq"] is not None and (event := _event(db, r)) is not None]
 
 
-def _event(r: dict[str, Any]) -> ChangeEvent | None:
+# Told (database, subject, seq) of every row skipped because its payload does not decode:
+# a consumer whose state must not silently miss a change (the read model) reloads.
+UndecodableListener = Callable[[Database, str, int], None]
+undecodable_listeners: list[UndecodableListener] = []
+
+
+def _event(db: Database, r: dict[str, Any]) -> ChangeEvent | None:
     try:
         change = events.decode(r["subject"], r["payload"])
     except events.UndecodableEvent as exc:
         log.error("outbox row %s (seq %d) skipped: %s", r["id"], r["seq"], exc)
+        for listener in list(undecodable_listeners):
+            try:
+                listener(db, r["subject"], r["seq"])
+            except Exception:
+                log.exception("undecodable-row listener failed")
         return None
     return ChangeEvent(
         seq=r["seq"],
@@ -287,6 +322,86 @@ async def config_snapshot(
     }
     head_seq, rows = await _snapshot(db, _CONFIG_SNAPSHOT, params, ConfigRow)
     return Snapshot(head_seq, [r.event() for r in rows])
+
+
+# Rows per snapshot page: what one watch stream holds in memory at a time while a client
+# reads its snapshot (a flag listing 10 tenants is ~1 KB as objects).
+SNAPSHOT_PAGE = 25
+Position = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SnapshotPage(Generic[C]):
+    """Rows in keyset order, exactly as of ``head_seq`` (every change with a seq up to it,
+    none after). ``last`` is the position of the page's last row; None for the final page,
+    which covers everything after the previous one."""
+
+    head_seq: int
+    changes: list[C]
+    last: Position | None
+
+
+def flag_position(change: FlagChanged) -> Position:
+    return (change.key,)
+
+
+def config_position(change: ConfigChanged) -> Position:
+    return (change.key, change.scope.value, change.tenant_id or "", change.node_id or "")
+
+
+async def flag_snapshot_pages(
+    db: Database, keys: Sequence[str] | None, page_size: int = SNAPSHOT_PAGE
+) -> AsyncIterator[SnapshotPage[FlagChanged]]:
+    """Every flag (or those among ``keys``), one short read per page: no connection or
+    transaction is held while the caller writes a page to a client."""
+    after: str | None = None
+    while True:
+        params = {"keys": list(keys) if keys else None, "after": after, "limit": page_size}
+        head_seq, rows = await _snapshot(db, _FLAG_PAGE, params, FlagRow)
+        changes = [r.event() for r in rows]
+        full = len(rows) == page_size
+        del rows  # only the page's events stay alive while the caller writes them
+        yield SnapshotPage(head_seq, changes, flag_position(changes[-1]) if full else None)
+        if not full:
+            return
+        after = changes[-1].key
+        del changes
+
+
+async def config_snapshot_pages(
+    db: Database,
+    keys: Sequence[str] | None,
+    tenant_id: str | None,
+    tenant_only: bool,
+    page_size: int = SNAPSHOT_PAGE,
+) -> AsyncIterator[SnapshotPage[ConfigChanged]]:
+    """:func:`flag_snapshot_pages` for config rows (a tenant-scoped caller: PLATFORM rows and
+    its own tenant's)."""
+    after: Position | None = None
+    while True:
+        params: dict[str, Any] = {
+            "keys": list(keys) if keys else None,
+            "tenant_only": tenant_only,
+            "tenant_id": tenant_id,
+            "limit": page_size,
+        }
+        params.update(
+            dict(
+                zip(("after_key", "after_scope", "after_tenant", "after_node"), after, strict=True)
+            )
+            if after
+            else {"after_key": None, "after_scope": None, "after_tenant": None, "after_node": None}
+        )
+        head_seq, rows = await _snapshot(db, _CONFIG_PAGE, params, ConfigRow)
+        changes = [r.event() for r in rows]
+        full = len(rows) == page_size
+        del rows  # only the page's events stay alive while the caller writes them
+        last = config_position(changes[-1]) if full else None
+        yield SnapshotPage(head_seq, changes, last)
+        if not full:
+            return
+        after = last
+        del changes
 
 
 # Deletes sequenced outbox rows older than 7 days in batches; each batch raises the pruned

@@ -15,6 +15,7 @@ import pytest
 from platform_admin.v1 import config_pb2_grpc
 
 from server.app import App
+from server.rpc.pipeline import AllowAll
 from server.settings import Settings
 from tests.bus_helpers import NatsServer, bus_settings
 from tests.grpcurl_server import running_server  # noqa: F401  (shared fixture)
@@ -68,7 +69,7 @@ def settings() -> Settings:
 
 @pytest.fixture
 async def app(db_url: str, settings: Settings) -> AsyncIterator[App]:
-    application = App(replace(settings), db_url)
+    application = App(replace(settings), db_url, authorizer=AllowAll())
     await application.start()
     yield application
     await stop_or_explain(application)
@@ -97,7 +98,9 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
 @pytest.fixture
 async def bus_app(db_url: str, settings: Settings, nats_server: NatsServer) -> AsyncIterator[App]:
     """An App with the bus on, relaying to and consuming from ``nats_server``."""
-    application = App(bus_settings(settings, nats_server.url, probe_enabled=False), db_url)
+    application = App(
+        bus_settings(settings, nats_server.url, probe_enabled=False), db_url, authorizer=AllowAll()
+    )
     await application.start()
     yield application
     await stop_or_explain(application)

@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from server.settings import is_loopback
 from tests.auth_helpers import SECRET
 from tests.grpcurl_server import PLATFORM_ADMIN, ROOT, free_port, start_server, stop_server
 from tests.helpers import TENANT_A, TENANT_B
@@ -69,6 +70,42 @@ def test_serve_refuses_a_non_loopback_address_without_authentication(db_url, env
     assert "refusing to listen on 0.0.0.0" in done.stderr
     assert "PLATFORM_ADMIN_JWT_SECRET" in done.stderr
     assert "serving on" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "host", ["127.corp.example", "127.0.0.1.nip.io", "localhost.example", "[::2]", "0.0.0.0"]
+)
+def test_serve_refuses_names_that_only_look_like_loopback(db_url, host):
+    # A prefix test took any name starting with "127." for loopback, authentication off.
+    done = platform_admin(
+        "serve",
+        DATABASE_URL=db_url,
+        PLATFORM_ADMIN_LISTEN=f"{host}:{free_port()}",
+        PLATFORM_ADMIN_WORKERS="1",
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"refusing to listen on {host}" in done.stderr
+    assert "serving on" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("listen", "loopback"),
+    [
+        ("127.0.0.1:1", True),
+        ("127.8.9.10:1", True),
+        ("localhost:1", True),
+        ("[::1]:1", True),
+        ("[::ffff:127.0.0.1]:1", True),
+        ("127.corp.example:1", False),
+        ("127.0.0.1.evil:1", False),
+        ("1270.0.0.1:1", False),
+        ("[::1]x:1", False),
+        ("::1", False),
+        ("127.0.0.1", False),
+    ],
+)
+def test_loopback_is_a_parsed_address(listen, loopback):
+    assert is_loopback(listen) is loopback
 
 
 def test_serve_refuses_auth_jwt_without_a_key(db_url):

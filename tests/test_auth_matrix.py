@@ -474,3 +474,40 @@ async def test_a_service_reports_for_its_own_service_id_only(seeded, sql):
     ):
         failure = await expect_error(denied, grpc.StatusCode.PERMISSION_DENIED)
         assert failure.reason == "ROLE_NOT_ALLOWED"
+
+
+async def test_tenant_admin_never_resolves_node_scope_values(seeded, sql):
+    """Resolve would show NODE rows (source_scope NODE) that Get/List/Watch hide from tenant
+    admins: a node_id from a tenant admin is PERMISSION_DENIED, its own tenant still works."""
+    channel, _ = seeded
+    configs = config_pb2_grpc.ConfigServiceStub(channel)
+    admin, md = as_caller(ADMIN), as_caller(TENANT_ADMIN_A)
+    await configs.SetConfig(
+        cpb.SetConfigRequest(
+            key="email.smtp_port",
+            scope=cpb.CONFIG_SCOPE_NODE,
+            node_id="node-7",
+            value=cpb.ConfigValue(int_value=2525),
+        ),
+        metadata=admin,
+    )
+    node = {"tenant_id": TENANT_A, "node_id": "node-7"}
+    seen = await configs.ResolveConfig(
+        cpb.ResolveConfigRequest(key="email.smtp_port", **node), metadata=admin
+    )
+    assert (seen.value.int_value, seen.source_scope) == (2525, cpb.CONFIG_SCOPE_NODE)
+    for resolve in (
+        configs.ResolveConfig(cpb.ResolveConfigRequest(key="email.smtp_port", **node), metadata=md),
+        configs.ResolveConfigs(cpb.ResolveConfigsRequest(**node), metadata=md),
+        configs.ResolveConfigs(
+            cpb.ResolveConfigsRequest(keys=["email.smtp_port"], **node), metadata=md
+        ),
+    ):
+        failure = await expect_error(resolve, grpc.StatusCode.PERMISSION_DENIED)
+        assert failure.reason == "NODE_SCOPE_NOT_ALLOWED"
+        assert "2525" not in failure.message
+    own = await configs.ResolveConfigs(cpb.ResolveConfigsRequest(tenant_id=TENANT_A), metadata=md)
+    assert own.configs
+    assert all(c.source_scope != cpb.CONFIG_SCOPE_NODE for c in own.configs)
+    port = next(c for c in own.configs if c.key == "email.smtp_port")
+    assert port.value.int_value != 2525

@@ -145,6 +145,19 @@ BAD_TOKENS = {
         "TOKEN_BAD_CLAIMS",
     ),
     "too large": (lambda: sign(good_claims(pad="x" * 5000)), "TOKEN_MALFORMED"),
+    # "$" in a pattern matches before a trailing newline: claims are matched in full.
+    "sub with a trailing newline": (
+        lambda: sign(good_claims(sub=ADMIN.sub + "\n")),
+        "TOKEN_BAD_CLAIMS",
+    ),
+    "tenant id with a trailing newline": (
+        lambda: sign(good_claims(roles=["tenant_admin"], tenant_id=TENANT_A + "\n")),
+        "TOKEN_BAD_CLAIMS",
+    ),
+    "service id with a trailing newline": (
+        lambda: sign(good_claims(roles=["service"], service_id="billing\n")),
+        "TOKEN_BAD_CLAIMS",
+    ),
 }
 
 

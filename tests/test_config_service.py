@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+from datetime import datetime
 
 import grpc
 import psycopg
@@ -466,3 +468,52 @@ async def test_every_change_writes_one_outbox_event_with_full_state(configs, sql
     assert rows[0][1] == TENANT_A
     assert rows[0][2]["value"] == 15 and rows[0][2]["version"] == int(set_.config.etag)
     assert rows[1][2]["archived"] is True and rows[1][2]["version"] == 2
+
+
+async def test_concurrent_writers_keep_history_in_commit_order(configs, sql):
+    """Writers of one row queue on its lock; each must stamp the time it wrote, not the time
+    its transaction began, or a writer that waited records an earlier time than the write it
+    waited behind: history misordered, update_time going backwards."""
+    key = "global.session_max_absolute_minutes"
+    writers, rounds = 40, 3
+    version_of: dict[int, int] = {}
+    time_of: dict[int, datetime] = {}
+    for round_no in range(rounds):
+        values = [100 + round_no * writers + i for i in range(writers)]
+        answers = await asyncio.gather(
+            *(
+                configs.SetConfig(
+                    pb.SetConfigRequest(
+                        key=key,
+                        scope=pb.CONFIG_SCOPE_PLATFORM,
+                        value=pb.ConfigValue(int_value=v),
+                    )
+                )
+                for v in values
+            )
+        )
+        for value, answer in zip(values, answers, strict=True):
+            version_of[value] = int(answer.config.etag)
+            time_of[int(answer.config.etag)] = answer.config.update_time.ToDatetime()
+    assert len(set(version_of.values())) == writers * rounds  # every write took effect
+    # update_time rises with the version.
+    times = [time_of[v] for v in sorted(time_of)]
+    assert all(a < b for a, b in itertools.pairwise(times)), "update_time went backwards"
+    # History, newest first, is in version order; its times are the rows' update times.
+    entries = []
+    token = ""
+    while True:
+        page = await configs.ListConfigHistory(
+            pb.ListConfigHistoryRequest(
+                key=key, scope=pb.CONFIG_SCOPE_PLATFORM, page_size=1000, page_token=token
+            )
+        )
+        entries += page.entries
+        token = page.next_page_token
+        if not token:
+            break
+    versions = [version_of[e.new_value.int_value] for e in entries]
+    assert versions == sorted(versions, reverse=True), "history is not in commit order"
+    for entry in entries:
+        version = version_of[entry.new_value.int_value]
+        assert entry.change_time.ToDatetime() == time_of[version]

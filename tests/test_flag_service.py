@@ -20,6 +20,8 @@ from platform_admin.v1 import flag_pb2_grpc
 from domain.flags import Override, apply_override
 from server.app import App
 from server.rpc.flag_service import FlagServicer
+from server.rpc.pipeline import AllowAll, Pipeline
+from server.security import principal
 from server.security.principal import PLATFORM_ADMIN, SERVICE, TENANT_ADMIN, Principal
 from server.settings import Settings
 from tests.helpers import TENANT_A, TENANT_B, expect_error
@@ -733,8 +735,9 @@ class _FakeWatch:
 
 @asynccontextmanager
 async def serving(servicer: FlagServicer) -> AsyncIterator[flag_pb2_grpc.FlagServiceStub]:
-    """``servicer`` alone on a loopback server (no pipeline, no read model), and a stub."""
-    server = grpc.aio.server()
+    """``servicer`` alone on a loopback server (no read model), and a stub. The pipeline
+    (with authentication off) binds the principal, which servicers need."""
+    server = grpc.aio.server(interceptors=[Pipeline(AllowAll(), 30.0)])
     flag_pb2_grpc.add_FlagServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -821,9 +824,17 @@ async def test_hot_reads_called_directly_return_messages_like_the_wire(app, flag
     await create(flags, "f0", default_enabled=True)
     await override(flags, TENANT_A, DISABLED, key="f0")
     servicer = FlagServicer(app.db, read_model=app.read_model)
-    for keys in ([], ["f0", "nope"]):
+    # Outside the pipeline nobody is bound by default: the direct call says who it is.
+    token = principal.bind(principal.ANONYMOUS_ADMIN)
+    try:
+        directs = [
+            await servicer.EvaluateFlags(pb.EvaluateFlagsRequest(tenant_id=TENANT_A, keys=k), None)
+            for k in ([], ["f0", "nope"])
+        ]
+    finally:
+        principal.unbind(token)
+    for keys, direct in zip(([], ["f0", "nope"]), directs, strict=True):
         request = pb.EvaluateFlagsRequest(tenant_id=TENANT_A, keys=keys)
-        direct = await servicer.EvaluateFlags(request, None)
         assert type(direct) is pb.EvaluateFlagsResponse
         assert direct == await flags.EvaluateFlags(request)
         assert direct.evaluations["f0"].reason == pb.EVALUATION_REASON_TENANT_DISABLED

@@ -21,7 +21,8 @@ from platform_admin.v1 import health_pb2_grpc as pb_grpc
 
 from domain.health import AllowList, Status
 from server.app import App, pool_settings
-from server.ops.prober import HttpProbe, ProberConfig, probe
+from server.ops.prober import AllowListResolver, HttpProbe, NotAllowed, ProberConfig, probe
+from server.rpc.pipeline import AllowAll
 from server.settings import Settings
 from storage.db import Database
 from storage.health import claim_due
@@ -257,7 +258,7 @@ async def test_hosts_outside_the_allow_list_are_never_contacted(check, http, grp
     status, details = await check(f"grpc://localhost:{grpc_health}", allow=only_ten)
     assert status is Status.UNHEALTHY and "not allowed for probing" in details["error"]
     assert http.hits == Counter()
-    # Listed by name: allowed whatever it resolves to.
+    # Listed by name: allowed whatever it resolves to, the always-denied ranges excepted.
     status, _ = await check(f"http://localhost:{http.port}/ok", allow=AllowList.parse("localhost"))
     assert status is Status.HEALTHY
 
@@ -382,7 +383,7 @@ async def test_deleting_a_source_stops_its_checks(app: App, hs, sql, http):
 
 
 async def test_two_replicas_check_each_source_once_per_interval(db_url, settings, sql, http):
-    replicas = [App(replace(settings), db_url) for _ in range(2)]
+    replicas = [App(replace(settings), db_url, authorizer=AllowAll()) for _ in range(2)]
     for replica in replicas:
         await replica.start()
     try:
@@ -432,3 +433,29 @@ async def test_concurrent_claims_never_hand_out_a_source_twice(db_url, settings,
     claimed = [c.id for batch in batches for c in batch]
     assert len(claimed) == len(set(claimed)) == 300
     assert again == []  # every one moved an interval ahead
+
+
+# "0" and "0.0.0.0" connect to the local host; "2852039166" is 169.254.169.254 in decimal.
+# "0" and "2852039166" are host *names* to the URL parser, so only the resolved address tells
+# what they are (aiohttp refuses "0" in an http URL by itself; grpc:// resolves it).
+async def test_always_denied_addresses_are_refused_after_resolution(check, http, grpc_health):
+    anything = AllowList.parse("*")
+    for url in (
+        f"http://0.0.0.0:{http.port}/ok",
+        f"grpc://0:{grpc_health}",
+        f"grpc://0.0.0.0:{grpc_health}",
+    ):
+        for allow in (anything, AllowList.parse("0,0.0.0.0/8,127.0.0.0/8")):
+            status, details = await check(url, allow=allow)
+            assert status is Status.UNHEALTHY, url
+            assert "never probed" in details["error"], (url, details)
+    assert http.hits == Counter()
+    resolver = AllowListResolver(anything)
+    try:
+        with pytest.raises(NotAllowed, match="never probed"):
+            await resolver.resolve("2852039166", 80)  # answered locally, nothing is sent
+    finally:
+        await resolver.close()
+    # Loopback stays reachable through the same list.
+    status, _ = await check(http.url("/ok"), allow=anything)
+    assert status is Status.HEALTHY

@@ -15,6 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from platform_admin.v1 import health_pb2 as pb
 from platform_admin.v1 import health_pb2_grpc
 
+from server.rpc.pipeline import AllowAll
 from server.settings import Settings
 from tests.helpers import expect_error
 
@@ -27,7 +28,8 @@ MISSING = "hsr_01JZZZZZZZZZZZZZZZZZZZZZZZ"
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return replace(settings, probe_enabled=False)
+    # Damping tests push results back to back: the per-source push limit has its own test.
+    return replace(settings, probe_enabled=False, record_result_min_interval_s=0)
 
 
 @pytest.fixture
@@ -553,7 +555,7 @@ async def test_registration_follows_the_configured_allow_list(db_url, settings, 
     from server.app import App
 
     narrowed = replace(settings, probe_allowed_hosts=("10.20.0.0/16", "*.svc.cluster.local"))
-    app = App(narrowed, db_url)
+    app = App(narrowed, db_url, authorizer=AllowAll())
     await app.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
@@ -567,5 +569,101 @@ async def test_registration_follows_the_configured_allow_list(db_url, settings, 
             assert counts(sql) == (0, 0, 0)
             await create(stub, "billing", "http://10.20.3.4:8080/h")
             await create(stub, "ledger", "grpc://ledger.prod.svc.cluster.local:9090")
+    finally:
+        await app.stop(grace=0)
+
+
+# Cloud metadata and link-local addresses, in the forms a URL can spell them.
+NEVER_PROBED = [
+    "http://[fd00:ec2::254]/latest/meta-data/iam/security-credentials/",  # AWS IPv6 IMDS
+    "http://169.254.169.254/latest/meta-data/",  # AWS, GCP, Azure IPv4 metadata
+    "http://[fd20:ce::254]/computeMetadata/v1/",  # GCP IPv6 metadata
+    "http://100.100.100.200/latest/meta-data/",  # Alibaba Cloud
+    "http://[fe80::1]/h",  # IPv6 link-local
+    "http://[::ffff:169.254.169.254]/latest/",  # IPv4-mapped
+    "http://[64:ff9b::a9fe:a9fe]/latest/",  # NAT64 of 169.254.169.254
+    "grpc://169.254.170.2:80",  # ECS task metadata
+    "http://0.0.0.0:8080/h",  # reaches the local host on Linux
+]
+
+
+@pytest.mark.parametrize(
+    "allowed",
+    [
+        pytest.param(None, id="default-list"),
+        pytest.param(("*",), id="anything"),
+        pytest.param(("169.254.0.0/16", "fc00::/7", "fe80::/10", "0.0.0.0/0", "::/0"), id="listed"),
+    ],
+)
+async def test_metadata_and_link_local_addresses_are_refused_whatever_the_list(
+    db_url, settings, sql, allowed
+):
+    from server.app import App
+
+    if allowed is not None:
+        settings = replace(settings, probe_allowed_hosts=allowed)
+    app = App(settings, db_url, authorizer=AllowAll())
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = health_pb2_grpc.HealthServiceStub(channel)
+            for url in NEVER_PROBED:
+                failure = await expect_error(
+                    create(stub, url=url), grpc.StatusCode.INVALID_ARGUMENT, "health_url"
+                )
+                assert "never probed" in failure.message, url
+            source = await create(stub, url="http://127.0.0.1:8080/h")
+            for url in NEVER_PROBED[:2]:
+                await expect_error(
+                    stub.UpdateHealthSource(
+                        pb.UpdateHealthSourceRequest(id=source.id, health_url=url)
+                    ),
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "health_url",
+                )
+            assert counts(sql)[0] == 1
+    finally:
+        await app.stop(grace=0)
+
+
+async def test_pushed_results_are_limited_per_source(db_url, settings, sql):
+    """A service token could push results without bound (16 KiB each, kept 30 days): one per
+    source per PLATFORM_ADMIN_RECORD_RESULT_MIN_INTERVAL_S, beyond that RESOURCE_EXHAUSTED."""
+    from server.app import App
+
+    interval = 0.5
+    app = App(
+        replace(settings, record_result_min_interval_s=interval), db_url, authorizer=AllowAll()
+    )
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = health_pb2_grpc.HealthServiceStub(channel)
+            billing = await create(stub, "billing")
+            ledger = await create(stub, "ledger")
+            await record(stub, billing.id, HEALTHY)
+            before = counts(sql)
+            failure = await expect_error(
+                record(stub, billing.id, UNHEALTHY, note="x" * 10_000),
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            )
+            assert failure.reason == "CHECK_RESULT_RATE_LIMITED"
+            assert "PLATFORM_ADMIN_RECORD_RESULT_MIN_INTERVAL_S" in failure.message
+            assert "retry in" in failure.message
+            assert counts(sql) == before  # nothing written, the damping counters untouched
+            await record(stub, ledger.id, HEALTHY)  # another source has its own allowance
+            # Concurrent pushes queue on the source's row lock: one gets through.
+            await asyncio.sleep(interval + 0.05)
+            outcomes = await asyncio.gather(
+                *(record(stub, billing.id, HEALTHY) for _ in range(10)), return_exceptions=True
+            )
+            refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+            assert len(refused) == 9, outcomes
+            assert {e.code() for e in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+            (stored,) = sql.execute(
+                "SELECT count(*) FROM health_check_results WHERE source_id = %s",
+                (billing.id[4:],),
+            ).fetchone()
+            assert stored == 2
     finally:
         await app.stop(grace=0)

@@ -20,7 +20,8 @@ import json
 import os
 import string
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,9 +34,15 @@ from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from platform_admin.v1 import config_pb2 as cpb
+from platform_admin.v1 import config_pb2_grpc, flag_pb2_grpc
+from platform_admin.v1 import flag_pb2 as fpb
+from platform_admin.v1 import health_pb2 as hpb
+from platform_admin.v1 import health_pb2_grpc as hpb_grpc
 
 from domain.ids import new_ulid
 from server.app import SERVICE_NAMES
+from server.rpc.pipeline import AllowAll
 from tests.auth_helpers import (
     ADMIN,
     READER,
@@ -46,11 +53,13 @@ from tests.auth_helpers import (
     Caller,
     all_methods,
     as_caller,
+    running_app,
     table_counts,
 )
 from tests.grpcurl_server import RunningServer, start_server, stop_server
 from tests.helpers import TENANT_A, TENANT_B
 from tests.test_auth_matrix import SCENARIOS, seed
+from tests.test_auth_matrix import call as call_async
 
 # A failing example with a 100 kB string has a large repr; hypothesis warns about it.
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
@@ -421,3 +430,283 @@ def test_hostile_input(target: Target, name: str) -> None:
 
     attack()
     still_serving(target)
+
+
+# --- control characters in every string field ----------------------------------------------
+
+# A trailing newline is the case ``re.match`` with ``$`` lets through; the others are what a
+# log viewer, terminal or mail header downstream may act on.
+CONTROLS = ["\n", "\r\n", "\x00", "\t", "\x1b[2J", "\x7f", "\x85", "\x0b"]
+# Prose may span lines: a description accepts newline and tab, and nothing else of CONTROLS.
+PROSE_ALLOWS = {"\n", "\t"}
+# google.protobuf.Struct is an arbitrary JSON document by contract (RecordCheckResult
+# details): its strings are data kept as JSON, never an identifier, so it is not walked.
+OPAQUE_MESSAGES = {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"}
+
+
+def string_paths(desc: Descriptor, prefix: str = "") -> Iterator[str]:
+    """Every string field of a request, nested ones as ``outer.inner``."""
+    for field in desc.fields:
+        if field.type == FieldDescriptor.TYPE_STRING:
+            yield prefix + field.name
+        elif field.message_type is not None and field.message_type.full_name not in (
+            OPAQUE_MESSAGES
+        ):
+            yield from string_paths(field.message_type, f"{prefix}{field.name}.")
+
+
+def _control_cases() -> list[tuple[str, str]]:
+    return [
+        (name, path)
+        for name, method in sorted(METHODS.items())
+        for path in string_paths(method.input_type)
+    ]
+
+
+class ControlTarget:
+    """An in-process server with the matrix seed, plus tokens to page and resume with."""
+
+    def __init__(self, channel: grpc.aio.Channel, sql: psycopg.Connection) -> None:
+        self.channel = channel
+        self.sql = sql
+        self.ids: dict[str, str] = {}
+        self.page_tokens: dict[str, str] = {}
+        self.cursor = ""
+        self.created: list[str] = []
+
+
+def _valid_base(t: ControlTarget, name: str, path: str, request: Message) -> tuple[Message, str]:
+    """The seed request, adjusted so ``path`` holds a value that is valid on its own."""
+    rpc = name.rsplit("/", 1)[-1]
+    leaf = path.rsplit(".", 1)[-1]
+    if path == "value.string_value":
+        request = type(request)(
+            key="email.smtp_host",
+            scope=cpb.CONFIG_SCOPE_PLATFORM,
+            value={"string_value": "smtp.example.com"},
+        )
+        return request, "smtp.example.com"
+    if leaf == "page_token":
+        return request, t.page_tokens[rpc]
+    if leaf == "cursor":
+        return request, t.cursor
+    if leaf == "paths":
+        return request, "description" if "Flag" in rpc else "health_url"
+    current = _get(request, path)
+    if isinstance(current, str) and current:
+        return request, current
+    if current and not isinstance(current, str):  # a repeated field already set
+        return request, str(current[0])
+    bases = {
+        "tenant_id": TENANT_A,
+        "node_id": "node-7",
+        "etag": "1",
+        "service_id": SERVICE_ID,
+        "id": t.ids.get(SERVICE_ID, ""),
+        "source_id": t.ids.get(SERVICE_ID, ""),
+        "health_url": "http://127.0.0.1:9/health",
+        "description": "a description",
+    }
+    if leaf in ("key", "keys"):
+        flag_rpc = "/platform_admin.v1.FlagService/" in name
+        return request, "matrix.flag" if flag_rpc else "global.password_min_length"
+    return request, bases[leaf]
+
+
+def _mask_fields(request: Message) -> list[str]:
+    """The fields an update request's non-empty update_mask names (an empty mask: all)."""
+    if "update_mask" not in request.DESCRIPTOR.fields_by_name:
+        return []
+    paths = list(request.update_mask.paths)  # type: ignore[attr-defined]
+    identity = {"id", "key", "etag", "update_mask"}
+    return [f.name for f in request.DESCRIPTOR.fields if f.name not in identity] if paths else []
+
+
+def _get(message: Message, path: str) -> Any:
+    value: Any = message
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _set(message: Message, path: str, value: str) -> None:
+    *outer, leaf = path.split(".")
+    target: Any = message
+    for part in outer:
+        target = getattr(target, part)
+    field = target.DESCRIPTOR.fields_by_name[leaf]
+    if field.is_repeated:
+        del getattr(target, leaf)[:]
+        getattr(target, leaf).append(value)
+    else:
+        setattr(target, leaf, value)
+
+
+@pytest.fixture
+async def control_target(db_url, settings, sql) -> AsyncIterator[ControlTarget]:
+    admin = as_caller(ADMIN)
+    async with (
+        running_app(db_url, settings) as app,
+        grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel,
+    ):
+        t = ControlTarget(channel, sql)
+        t.ids = await seed(channel, admin)
+        configs = config_pb2_grpc.ConfigServiceStub(channel)
+        flags = flag_pb2_grpc.FlagServiceStub(channel)
+        health = hpb_grpc.HealthServiceStub(channel)
+        await configs.SetConfig(
+            cpb.SetConfigRequest(
+                key="global.password_min_length",
+                scope=cpb.CONFIG_SCOPE_TENANT,
+                tenant_id=TENANT_A,
+                value=cpb.ConfigValue(int_value=16),
+            ),
+            metadata=admin,
+        )
+        await health.RecordCheckResult(
+            hpb.RecordCheckResultRequest(
+                source_id=t.ids[SERVICE_ID], status=hpb.HEALTH_STATUS_HEALTHY
+            ),
+            metadata=admin,
+        )
+        await asyncio.sleep(1.1)  # the per-source push limit
+        await health.RecordCheckResult(
+            hpb.RecordCheckResultRequest(
+                source_id=t.ids[SERVICE_ID], status=hpb.HEALTH_STATUS_HEALTHY
+            ),
+            metadata=admin,
+        )
+        one = {"page_size": 1}
+        pages = {
+            "ListConfigs": configs.ListConfigs(cpb.ListConfigsRequest(**one), metadata=admin),
+            "ListConfigHistory": configs.ListConfigHistory(
+                cpb.ListConfigHistoryRequest(
+                    key="global.password_min_length",
+                    scope=cpb.CONFIG_SCOPE_TENANT,
+                    tenant_id=TENANT_A,
+                    **one,
+                ),
+                metadata=admin,
+            ),
+            "ListFlags": flags.ListFlags(fpb.ListFlagsRequest(**one), metadata=admin),
+            "ListHealthSources": health.ListHealthSources(
+                hpb.ListHealthSourcesRequest(**one), metadata=admin
+            ),
+            "ListCheckResults": health.ListCheckResults(
+                hpb.ListCheckResultsRequest(source_id=t.ids[SERVICE_ID], **one), metadata=admin
+            ),
+        }
+        for rpc, pending in pages.items():
+            t.page_tokens[rpc] = (await pending).next_page_token
+            assert t.page_tokens[rpc], f"{rpc} gave no next page"
+        async for message in flags.WatchFlags(fpb.WatchFlagsRequest(), metadata=admin):
+            if message.WhichOneof("event") == "snapshot_end":
+                t.cursor = message.cursor
+                break
+        assert t.cursor
+        yield t
+
+
+@pytest.mark.parametrize(("name", "path"), _control_cases())
+async def test_control_characters_are_refused(
+    control_target: ControlTarget, name: str, path: str
+) -> None:
+    """Every string field, set to a valid value plus a control character, is refused by name
+    (INVALID_ARGUMENT, nothing written) — but for prose, which may hold newlines and tabs."""
+    t = control_target
+    method = METHODS[name]
+    assert name in SCENARIOS, f"add a request for {name} to the matrix SCENARIOS"
+    leaf = path.rsplit(".", 1)[-1]
+    prose = leaf == "description"
+    for control in CONTROLS:
+        for placed in ("suffix", "inside"):
+            request, base = _valid_base(t, name, path, SCENARIOS[name](t.ids))
+            value = base + control if placed == "suffix" else base[:1] + control + base[1:]
+            _set(request, path, value)
+            if leaf in _mask_fields(request) and path != "update_mask.paths":
+                request.update_mask.paths.append(leaf)  # else the field is ignored, not read
+            if name.endswith("/CreateFlag") and leaf != "key":
+                request.key = f"matrix.control-{len(t.created)}"  # type: ignore[attr-defined]
+                t.created.append(request.key)  # type: ignore[attr-defined]
+            before = table_counts(t.sql)
+            code, answer = await call_async(t.channel, name, method, request, as_caller(ADMIN))
+            shown = f"{name} {path}={value!r}"
+            if prose and control in PROSE_ALLOWS:
+                assert code == grpc.StatusCode.OK, f"{shown}: {code} {answer}"
+                continue
+            assert code == grpc.StatusCode.INVALID_ARGUMENT, f"{shown}: {code} {answer}"
+            named = path.split(".")[0]
+            assert any(named in field for field in answer.fields), f"{shown}: {answer.fields}"
+            assert table_counts(t.sql) == before, f"{shown} wrote rows"
+
+
+# --- memory an authenticated caller could pin -----------------------------------------------
+
+
+async def _create_flags(channel: grpc.aio.Channel, count: int) -> list[str]:
+    flags = flag_pb2_grpc.FlagServiceStub(channel)
+    keys = [f"mem.flag-{i}" for i in range(count)]
+    for key in keys:
+        await flags.CreateFlag(fpb.CreateFlagRequest(key=key), metadata=as_caller(ADMIN))
+    return keys
+
+
+@pytest.fixture
+async def memory_app(db_url, settings) -> AsyncIterator[Any]:
+    from server.app import App
+
+    application = App(replace(settings, answer_cache_mib=1), db_url, authorizer=AllowAll())
+    await application.start()
+    try:
+        yield application
+    finally:
+        await application.stop(grace=0)
+
+
+async def test_made_up_keys_pin_no_cache_memory(memory_app):
+    """999 distinct unknown 100-character keys per call, over many tenants: answered, with
+    every key in missing_keys, and nothing of it kept."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{memory_app.port}") as channel:
+        flags = flag_pb2_grpc.FlagServiceStub(channel)
+        await _create_flags(channel, 3)
+        cache = memory_app.read_model._flag_answers
+        for call_no in range(30):
+            keys = [f"k{call_no:03d}.{i:04d}".ljust(100, "x") for i in range(999)]
+            answer = await flags.EvaluateFlags(
+                fpb.EvaluateFlagsRequest(tenant_id=new_ulid(), keys=[*keys, "mem.flag-0"])
+            )
+            assert len(answer.missing_keys) == 999 and list(answer.evaluations) == ["mem.flag-0"]
+        assert (cache.size, cache.bytes) == (0, 0)
+        # Answers for keys that exist are cached, and bounded in bytes (1 MiB here).
+        for _ in range(2000):
+            await flags.EvaluateFlags(
+                fpb.EvaluateFlagsRequest(tenant_id=new_ulid(), keys=["mem.flag-1", "mem.flag-2"])
+            )
+        assert 0 < cache.bytes <= 1024 * 1024
+
+
+async def test_too_many_keys_are_refused_before_they_are_walked(memory_app):
+    """A 4 MiB EvaluateFlags of ~1 M one-character keys: INVALID_ARGUMENT, and the server
+    never turned the keys into Python objects (each would cost ~50 bytes)."""
+    import tracemalloc
+
+    request = fpb.EvaluateFlagsRequest(tenant_id=TENANT_A, keys=["a"] * 1_300_000)
+    raw = request.SerializeToString()
+    assert len(raw) < 4 * 1024 * 1024
+    del request
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{memory_app.port}") as channel:
+        call = channel.unary_unary(
+            "/platform_admin.v1.FlagService/EvaluateFlags",
+            request_serializer=lambda b: b,
+            response_deserializer=fpb.EvaluateFlagsResponse.FromString,
+        )
+        tracemalloc.start()
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call(raw, timeout=10)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 1000 keys" in (refused.value.details() or "")
+    assert peak < 10 * 1024 * 1024, f"{peak:,} bytes allocated while refusing"

@@ -12,6 +12,7 @@ from domain.errors import Aborted, InvalidArgument
 from server.app import App
 from server.http.auth import authorize
 from server.ops import workers
+from server.rpc.pipeline import AllowAll
 from server.security.auth import authorizer_for
 from server.settings import Settings, SettingsError
 from tests.auth_helpers import ADMIN, SECRET, TENANT_ADMIN_A, as_caller, running_app
@@ -111,7 +112,7 @@ async def test_listener_serves_authenticates_maps_errors_and_stops(db_url: str) 
 
 async def test_dev_mode_refuses_foreign_host_names(db_url: str) -> None:
     settings = replace(TEST_SETTINGS, http_listen="127.0.0.1:0", probe_enabled=False)
-    app = App(settings, db_url)
+    app = App(settings, db_url, authorizer=AllowAll())
     app.http_routes.append(_routes)
     await app.start()
     try:
@@ -143,7 +144,7 @@ async def test_a_taken_http_port_stops_the_start(db_url: str) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         settings = replace(TEST_SETTINGS, http_listen=f"127.0.0.1:{port}", probe_enabled=False)
-        app = App(settings, db_url)
+        app = App(settings, db_url, authorizer=AllowAll())
         with pytest.raises(OSError):
             await app.start()
         # Nothing half-started: the gRPC server never began answering.

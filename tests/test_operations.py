@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from server.app import App
 from server.ops import metrics
 from server.rpc.access_log import AccessLog, request_id
+from server.rpc.pipeline import AllowAll
 from server.settings import Settings, SettingsError
 from tests.grpcurl_server import GRPCURL, free_port, start_server, stop_server
 from tests.helpers import TENANT_A, expect_error
@@ -183,7 +184,7 @@ def test_request_ids_are_generated_when_missing_and_bounded():
 
 async def test_in_flight_and_pool_gauges_follow_a_blocked_call(db_url, settings, sql):
     """A write held by a row lock shows as in flight and as a lent connection, then clears."""
-    app = App(replace(settings, lock_timeout_ms=10_000), db_url)
+    app = App(replace(settings, lock_timeout_ms=10_000), db_url, authorizer=AllowAll())
     await app.start()
     port = await app.metrics.start("127.0.0.1:0")
     try:
@@ -247,7 +248,12 @@ async def test_event_api_moves_the_families(app):
 
 async def test_database_up_drops_while_the_database_is_unreachable(settings):
     dead = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres?connect_timeout=2"
-    app = App(replace(settings, pool_acquire_timeout_s=0.5), dead, health_interval_s=0.2)
+    app = App(
+        replace(settings, pool_acquire_timeout_s=0.5),
+        dead,
+        health_interval_s=0.2,
+        authorizer=AllowAll(),
+    )
     await app.start()
     port = await app.metrics.start("127.0.0.1:0")
     try:

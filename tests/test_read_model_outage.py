@@ -23,6 +23,7 @@ from prometheus_client import REGISTRY
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from server.app import READ_MODEL_HEALTH, App
+from server.rpc.pipeline import AllowAll
 from server.settings import Settings
 from tests.helpers import TENANT_A, TENANT_B, expect_error
 
@@ -112,10 +113,16 @@ async def test_reads_answer_from_memory_while_the_database_is_unreachable(
     proxy: tuple[Proxy, str], db_url: str, settings: Settings
 ):
     gate, through_proxy = proxy
-    app = App(replace(settings, pool_acquire_timeout_s=1.0), through_proxy, health_interval_s=0.2)
+    app = App(
+        replace(settings, pool_acquire_timeout_s=1.0),
+        through_proxy,
+        health_interval_s=0.2,
+        authorizer=AllowAll(),
+    )
     app.read_model.stale_after_s = 1.0
     await app.start()
-    direct = App(replace(settings), db_url)  # a replica that keeps its database
+    # A replica that keeps its database.
+    direct = App(replace(settings), db_url, authorizer=AllowAll())
     await direct.start()
     try:
         async with (
@@ -221,7 +228,12 @@ async def test_a_server_started_without_its_database_refuses_reads_until_it_load
 ):
     gate, through_proxy = proxy
     await gate.close()
-    app = App(replace(settings, pool_acquire_timeout_s=0.5), through_proxy, health_interval_s=0.2)
+    app = App(
+        replace(settings, pool_acquire_timeout_s=0.5),
+        through_proxy,
+        health_interval_s=0.2,
+        authorizer=AllowAll(),
+    )
     await app.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:

@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from platform_admin.v1 import flag_pb2, flag_pb2_grpc
 
 from server.app import RELAY_HEALTH, App
+from server.rpc.pipeline import AllowAll
 from server.settings import Settings, SettingsError
 from tests.bus_helpers import (
     NatsServer,
@@ -43,7 +44,9 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
 
 @pytest.fixture
 async def bus_app(db_url: str, settings: Settings, nats_server: NatsServer) -> AsyncIterator[App]:
-    application = App(bus_settings(settings, nats_server.url, probe_enabled=False), db_url)
+    application = App(
+        bus_settings(settings, nats_server.url, probe_enabled=False), db_url, authorizer=AllowAll()
+    )
     await application.start()
     yield application
     await stop_or_explain(application)

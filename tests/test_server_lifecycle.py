@@ -13,6 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.app import App
+from server.rpc.pipeline import AllowAll
 from server.settings import Settings, SettingsError
 from tests.grpcurl_server import PLATFORM_ADMIN, free_port, start_server, stop_server
 
@@ -46,7 +47,12 @@ def test_serve_refuses_bad_settings_with_a_clear_message():
 
 async def test_health_is_not_serving_while_the_database_is_unreachable(settings):
     dead = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres?connect_timeout=1"
-    app = App(replace(settings, pool_acquire_timeout_s=0.5), dead, health_interval_s=0.2)
+    app = App(
+        replace(settings, pool_acquire_timeout_s=0.5),
+        dead,
+        health_interval_s=0.2,
+        authorizer=AllowAll(),
+    )
     await app.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
@@ -82,7 +88,7 @@ async def test_unreachable_database_gives_unavailable_not_internal(settings):
     from tests.helpers import expect_error
 
     dead = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres?connect_timeout=1"
-    app = App(replace(settings, pool_acquire_timeout_s=0.5), dead)
+    app = App(replace(settings, pool_acquire_timeout_s=0.5), dead, authorizer=AllowAll())
     await app.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:

@@ -16,6 +16,7 @@ from psycopg.conninfo import make_conninfo
 
 from server.app import App
 from server.changes.tail import POLL_INTERVAL_S
+from server.rpc.pipeline import AllowAll
 from server.settings import Settings
 from tests.watch_helpers import (
     change_flag,
@@ -82,7 +83,7 @@ async def test_listen_connection_killed_during_writes_delivery_continues_within_
 async def test_without_any_listen_connection_the_poll_alone_delivers_within_its_bound(
     app: App, db_url: str, settings: Settings, sql: psycopg.Connection
 ) -> None:
-    other = App(replace(settings), db_url)
+    other = App(replace(settings), db_url, authorizer=AllowAll())
     other.background.remove(other.sequencer.run)
     # Nothing listens on port 1: every LISTEN attempt is refused, only the poll is left.
     other.tail.pool_settings = replace(

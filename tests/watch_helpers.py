@@ -14,6 +14,7 @@ import psycopg
 from platform_admin.v1 import flag_pb2, flag_pb2_grpc
 
 from server.app import App
+from server.rpc.pipeline import AllowAll
 from server.settings import Settings
 from storage import outbox
 from storage.flags import FlagRow
@@ -158,7 +159,7 @@ async def replica(
     ``sequencer=False`` leaves sequencing to the other replicas, so this one learns of
     new events only through NOTIFY and its poll.
     """
-    app = App(replace(settings, **changes), db_url)
+    app = App(replace(settings, **changes), db_url, authorizer=AllowAll())
     if not sequencer:
         app.background.remove(app.sequencer.run)
     await app.start()

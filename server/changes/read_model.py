@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -49,6 +50,7 @@ from domain.events import ChangeEvent, ConfigChanged, FlagChanged
 from domain.flags import Evaluation, Reason
 from server.changes.feed import ChangeFeed, Expired, Live, Subscription
 from server.rpc.convert import REASON_TO_PROTO, source_scope_to_proto, value_to_proto
+from storage import stream
 from storage.bulk_load import load_all
 from storage.db import Database
 
@@ -70,55 +72,109 @@ _EVALUATIONS = {
 # How long the model may go without catching up with the stream before it reports itself
 # stale (the tail polls every 0.25 s and is woken at once by each NOTIFY).
 STALE_AFTER_S = 5.0
-# Bound of each answer cache (per process): past it the cache starts over. Answers are a
-# few hundred bytes to a few KB, so a full cache holds some tens of MB at most.
-MAX_ANSWERS = 20_000
+# Bound of each answer cache (per process, there are two: flags and configs), in bytes of
+# cached answers plus a fixed cost per entry: past it the cache starts over. A tenant's
+# share is bounded too, so one tenant's questions cannot evict everybody else's.
+ANSWER_CACHE_BYTES = 16 * 1024 * 1024
 MAX_ANSWERS_PER_TENANT = 64
+# An answer larger than this (a thousand found keys is ~30 KB) is answered, not cached.
+MAX_CACHED_ANSWER_BYTES = 64 * 1024
+# What an entry costs beyond its encoded bytes: dict slots, the key tuple, object headers.
+_ENTRY_OVERHEAD_BYTES = 200
 _RETRY_START_S = 0.1
 _RETRY_MAX_S = 5.0
 
 CacheKey = tuple[Any, ...]
 
 
-class _AnswerCache:
-    """Encoded answers per tenant (None for no tenant), dropped per tenant or all at once."""
+def keys_digest(keys: Sequence[str]) -> CacheKey:
+    """A fixed-size cache key for a list of flag keys (the list itself could be 100 KB).
 
-    def __init__(self) -> None:
+    The count and the NUL-joined keys identify the list whenever its keys are valid (no
+    key holds a NUL), which every cached answer's keys were.
+    """
+    joined = "\x00".join(keys).encode("utf-8", "surrogatepass")
+    return (len(keys), hashlib.blake2b(joined, digest_size=16).digest())
+
+
+def _cost(answer: Any) -> int:
+    size = len(answer) if isinstance(answer, bytes) else answer.ByteSize()
+    return size + _ENTRY_OVERHEAD_BYTES
+
+
+class _AnswerCache:
+    """Encoded answers per tenant (None for no tenant), dropped per tenant or all at once.
+
+    Bounded in bytes (``max_bytes`` in all, a sixteenth of it per tenant) and in entries
+    per tenant; an answer over MAX_CACHED_ANSWER_BYTES is never kept.
+    """
+
+    def __init__(self, max_bytes: int = ANSWER_CACHE_BYTES) -> None:
         self.by_tenant: dict[str | None, dict[CacheKey, Any]] = {}
-        self.size = 0
+        self.bytes_by_tenant: dict[str | None, int] = {}
+        self.max_bytes = max_bytes
+        self.max_tenant_bytes = max(max_bytes // 16, MAX_CACHED_ANSWER_BYTES)
+        self.size = 0  # entries
+        self.bytes = 0
 
     def get(self, tenant: str | None, key: CacheKey) -> Any:
         answers = self.by_tenant.get(tenant)
         return None if answers is None else answers.get(key)
 
     def put(self, tenant: str | None, key: CacheKey, answer: Any) -> None:
-        if self.size >= MAX_ANSWERS:
-            self.by_tenant.clear()
-            self.size = 0
+        cost = _cost(answer)
+        if cost > MAX_CACHED_ANSWER_BYTES or self.max_bytes <= 0:
+            return
+        if self.bytes + cost > self.max_bytes:
+            self._clear()
         answers = self.by_tenant.get(tenant)
         if answers is None:
             answers = self.by_tenant[tenant] = {}
-        elif len(answers) >= MAX_ANSWERS_PER_TENANT:
-            self.size -= len(answers)
-            answers.clear()
+        elif (
+            len(answers) >= MAX_ANSWERS_PER_TENANT
+            or self.bytes_by_tenant.get(tenant, 0) + cost > self.max_tenant_bytes
+        ):
+            self._drop_tenant(tenant)
+            answers = self.by_tenant[tenant] = {}
+        previous = answers.get(key)
+        if previous is not None:
+            self._account(tenant, -1, -_cost(previous))
         answers[key] = answer
-        self.size += 1
+        self._account(tenant, 1, cost)
+
+    def _account(self, tenant: str | None, entries: int, cost: int) -> None:
+        self.size += entries
+        self.bytes += cost
+        self.bytes_by_tenant[tenant] = self.bytes_by_tenant.get(tenant, 0) + cost
+
+    def _drop_tenant(self, tenant: str | None) -> None:
+        dropped = self.by_tenant.pop(tenant, None)
+        if dropped is not None:
+            self.size -= len(dropped)
+            self.bytes -= self.bytes_by_tenant.pop(tenant, 0)
+
+    def _clear(self) -> None:
+        self.by_tenant.clear()
+        self.bytes_by_tenant.clear()
+        self.size = 0
+        self.bytes = 0
 
     def drop(self, change: rm.Change) -> None:
         if change.everyone or change.nodes:
             # A node's answers are cached under every tenant that asked with that node.
-            self.by_tenant.clear()
-            self.size = 0
+            self._clear()
             return
         for tenant in change.tenants:
-            dropped = self.by_tenant.pop(tenant, None)
-            if dropped is not None:
-                self.size -= len(dropped)
+            self._drop_tenant(tenant)
 
 
 class ReadModel:
     def __init__(
-        self, db: Database, feed: ChangeFeed, stale_after_s: float = STALE_AFTER_S
+        self,
+        db: Database,
+        feed: ChangeFeed,
+        stale_after_s: float = STALE_AFTER_S,
+        answer_cache_bytes: int = ANSWER_CACHE_BYTES,
     ) -> None:
         self.db = db
         self.feed = feed
@@ -136,10 +192,15 @@ class ReadModel:
         self._stopped = False
         # Set while the model follows the feed (the snapshot's gap is closed).
         self.attached = asyncio.Event()
-        self._flag_answers = _AnswerCache()
-        self._config_answers = _AnswerCache()
+        self._flag_answers = _AnswerCache(answer_cache_bytes)
+        self._config_answers = _AnswerCache(answer_cache_bytes)
         self._defaults: bytes | None = None
         self._written_while_loading: list[rm.FlagState | rm.ConfigState] | None = None
+        # The head of the snapshot the state was last loaded from, and why a reload is due
+        # (an event that failed to apply, or a row of ours the stream could not decode).
+        self._load_head = -1
+        self._reload_reason: str | None = None
+        stream.undecodable_listeners.append(self._on_undecodable)
 
     # --- loading and following the stream ----------------------------------------------
 
@@ -168,6 +229,8 @@ class ReadModel:
         self.seq = loaded.head_seq
         self.generation += 1
         self._seq_moved()
+        self._load_head = loaded.head_seq
+        self._reload_reason = None
         self._flag_answers.drop(rm.EVERYONE)
         self._config_answers.drop(rm.EVERYONE)
         self._defaults = None
@@ -206,7 +269,8 @@ class ReadModel:
                 delay = min(delay * 2, _RETRY_MAX_S)
 
     async def _follow(self) -> None:
-        """Applies the feed's events after ``seq``; reloads when the stream expired."""
+        """Applies the feed's events after ``seq``; reloads when the stream expired, when an
+        event failed to apply, or when a row of ours could not be decoded."""
         self._subscription = subscription = self.feed.subscribe(
             self.seq, subjects=_SUBJECTS, queue_limit=None
         )
@@ -214,7 +278,14 @@ class ReadModel:
             async for item in subscription:
                 if isinstance(item, ChangeEvent):
                     self._apply_event(item)
-                elif isinstance(item, Live):
+                if self._reload_reason is not None:
+                    # A change was not applied: the state may be wrong from here on, and
+                    # only a snapshot can say how. It keeps answering meanwhile.
+                    log.error("read model reloads from a snapshot: %s", self._reload_reason)
+                    self.attached.clear()
+                    await self._reload()
+                    return  # run() follows again from the new head
+                if isinstance(item, Live):
                     self.attached.set()
                 elif isinstance(item, Expired):
                     # Events after seq are gone (pruned unread): a snapshot replaces guesses,
@@ -222,6 +293,11 @@ class ReadModel:
                     log.warning("read model reloads from a snapshot: %s", item.error.message)
                     self.attached.clear()
                     await self._reload()
+            if self._reload_reason is not None and not self._stopped:
+                # Asked for while the subscription waited (it was closed to get here).
+                log.error("read model reloads from a snapshot: %s", self._reload_reason)
+                self.attached.clear()
+                await self._reload()
         finally:
             self.attached.clear()
             self._subscription = None
@@ -240,8 +316,12 @@ class ReadModel:
     def _apply_event(self, event: ChangeEvent) -> None:
         if event.seq <= self.seq:
             return
+        try:
+            self.apply(event.change)
+        except Exception as exc:
+            log.exception("read model could not apply the event at seq %d", event.seq)
+            self._want_reload(f"the event at seq {event.seq} failed to apply ({exc!r})")
         self.seq = event.seq
-        self.apply(event.change)
         self._seq_moved()
 
     def _seq_moved(self) -> None:
@@ -260,8 +340,23 @@ class ReadModel:
                     await self._advanced.wait()
         return self.seq >= seq
 
+    def _on_undecodable(self, db: Database, subject: str, seq: int) -> None:
+        """A row of this database the stream skipped: reload if it may be one we missed."""
+        if db is self.db and subject in _SUBJECTS and seq > self._load_head:
+            self._want_reload(f"the outbox row at seq {seq} ({subject}) does not decode")
+
+    def _want_reload(self, reason: str) -> None:
+        if self._reload_reason is None:
+            self._reload_reason = reason
+        subscription = self._subscription
+        if subscription is not None:
+            # Ends the iteration (it may be waiting for the next event), then _follow reloads.
+            subscription.close()
+
     def stop(self) -> None:
         self._stopped = True
+        with contextlib.suppress(ValueError):
+            stream.undecodable_listeners.remove(self._on_undecodable)
         if self._subscription is not None:
             self._subscription.close()
 
@@ -349,14 +444,17 @@ class ReadModel:
     def evaluate_flags(self, tenant_id: str, keys: Sequence[str]) -> bytes:
         """Encoded EvaluateFlagsResponse: ``keys`` (request order), or every live flag."""
         self._require_loaded()
-        cache_key = tuple(keys)
+        cache_key = keys_digest(keys)
         cached: bytes | None = self._flag_answers.get(tenant_id, cache_key)
         if cached is None:
             if keys:
-                cached = self._evaluate_keys(tenant_id, keys)
+                cached, complete = self._evaluate_keys(tenant_id, keys)
             else:
-                cached = self._tenant_overrides(tenant_id)
-            self._flag_answers.put(tenant_id, cache_key, cached)
+                cached, complete = self._tenant_overrides(tenant_id), True
+            # An answer naming missing keys is not kept: anyone can ask for any number of
+            # made-up keys, and a cache full of those would pin memory and evict real ones.
+            if complete:
+                self._flag_answers.put(tenant_id, cache_key, cached)
         if keys:
             return cached
         return self._defaults_encoded() + cached
@@ -367,12 +465,13 @@ class ReadModel:
         Lets the servicer skip re-validating a repeated request's keys (50 keys cost more
         to check than to answer); a miss goes the full way through :meth:`evaluate_flags`.
         """
-        cached: bytes | None = self._flag_answers.get(tenant_id, tuple(keys))
+        cached: bytes | None = self._flag_answers.get(tenant_id, keys_digest(keys))
         if cached is None or keys:
             return cached
         return self._defaults_encoded() + cached
 
-    def _evaluate_keys(self, tenant_id: str, keys: Sequence[str]) -> bytes:
+    def _evaluate_keys(self, tenant_id: str, keys: Sequence[str]) -> tuple[bytes, bool]:
+        """The encoded answer, and whether every key was found."""
         response = flag_pb2.EvaluateFlagsResponse()
         flags = self.state.flags
         evaluations = response.evaluations
@@ -382,7 +481,7 @@ class ReadModel:
                 response.missing_keys.append(key)
             else:
                 evaluations[key].CopyFrom(_EVALUATIONS[flag.evaluate(tenant_id)])
-        return response.SerializeToString()
+        return response.SerializeToString(), not response.missing_keys
 
     def _tenant_overrides(self, tenant_id: str) -> bytes:
         """The entries where the tenant's answer differs from the default, encoded."""

@@ -108,6 +108,12 @@ WATCH_DROPPED = Counter(
     " by cursor); none is lost.",
     ["stream"],
 )
+WATCH_REFUSED = Counter(
+    "platform_admin_watch_streams_refused",
+    "Watch streams refused or ended by a limit, by stream and reason (TOO_MANY_STREAMS,"
+    " TOO_MANY_STREAMS_FOR_PRINCIPAL, SNAPSHOT_TOO_SLOW).",
+    ["stream", "reason"],
+)
 PROBE_RESULTS = Counter(
     "platform_admin_probe_results",
     "Health probe results, by status (healthy, degraded, unhealthy).",
@@ -168,6 +174,10 @@ def watch_sent(stream: str, n: int = 1) -> None:
 
 def watch_dropped(stream: str, n: int = 1) -> None:
     WATCH_DROPPED.labels(stream).inc(n)
+
+
+def watch_refused(stream: str, reason: str) -> None:
+    WATCH_REFUSED.labels(stream, reason).inc()
 
 
 def probe_result(status: str, seconds: float | None = None) -> None:

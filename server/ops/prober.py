@@ -71,6 +71,9 @@ class NotAllowed(OSError):
 
 def _not_allowed(host: str, address: str | None = None) -> NotAllowed:
     where = f"{host} ({address})" if address and address != host else host
+    literal = rules.ip_literal(address or host)
+    if literal is not None and rules.always_denied(literal):
+        return NotAllowed(f"{where} is never probed (metadata, link-local or special address)")
     return NotAllowed(f"{where} is not allowed for probing (PLATFORM_ADMIN_PROBE_ALLOWED_HOSTS)")
 
 
@@ -89,10 +92,8 @@ class AllowListResolver(AbstractResolver):
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         answers = await self._inner.resolve(host, port, family)
-        if self.allow_list.allows_name(host):
-            return answers
         for answer in answers:
-            if not self.allow_list.allows_address(answer["host"]):
+            if not self.allow_list.allows_resolved(host, answer["host"]):
                 raise _not_allowed(host, answer["host"])
         return answers
 
@@ -179,10 +180,9 @@ async def _grpc_address(allow_list: AllowList, target: ProbeTarget) -> str:
         if not infos:
             raise OSError(f"{target.host} does not resolve")
         addresses = [str(info[4][0]) for info in infos]
-        if not allow_list.allows_name(target.host):
-            for candidate in addresses:
-                if not allow_list.allows_address(candidate):
-                    raise _not_allowed(target.host, candidate)
+        for candidate in addresses:
+            if not allow_list.allows_resolved(target.host, candidate):
+                raise _not_allowed(target.host, candidate)
         address = addresses[0]
     if ipaddress.ip_address(address).version == 6:
         return f"ipv6:[{address}]:{target.port}"

@@ -208,6 +208,15 @@ class ConfigServicer(ReadYourWrites[ConfigWatch], config_pb2_grpc.ConfigServiceS
         who = principal_ctx.current()
         if who.is_tenant_scoped and tenant != who.tenant_id:
             raise PermissionDenied("tenant admins may resolve for their own tenant only")
+        if who.is_tenant_scoped and node is not None:
+            # NODE rows are platform settings that Get/List/Watch hide from tenant admins;
+            # refusing (rather than ignoring node_id) tells the caller its answer would
+            # not be the node's.
+            raise PermissionDenied(
+                "tenant admins may not resolve for a node_id: NODE-scope values are"
+                " platform settings",
+                reason="NODE_SCOPE_NOT_ALLOWED",
+            )
         return tenant, node
 
     async def ResolveConfig(

@@ -129,9 +129,13 @@ def _only_service_id() -> str | None:
 
 
 class HealthServicer(health_pb2_grpc.HealthServiceServicer):
-    def __init__(self, db: Database, allow_list: AllowList) -> None:
+    def __init__(
+        self, db: Database, allow_list: AllowList, record_min_interval_s: float = 1.0
+    ) -> None:
         self.db = db
         self.allow_list = allow_list
+        # Per source, the least time between two pushed results (0: no limit).
+        self.record_min_interval_s = record_min_interval_s
 
     def _actor(self) -> str | None:
         return principal_ctx.current().subject
@@ -268,6 +272,7 @@ class HealthServicer(health_pb2_grpc.HealthServiceServicer):
             details,
             only_service_id=_only_service_id(),
             actor=self._actor(),
+            min_push_interval_s=self.record_min_interval_s,
         )
         return health_pb2.RecordCheckResultResponse(
             result=result_to_proto(result), source=source_to_proto(row)

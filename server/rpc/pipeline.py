@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from domain.errors import DeadlineExceeded, DomainError
+from domain.errors import DeadlineExceeded, DomainError, PermissionDenied
 from server.rpc.encoded import passing_bytes, twin_of
 from server.rpc.errors import INTERNAL, status_code_of, to_status
 from server.security import principal as principal_ctx
@@ -297,4 +297,38 @@ class Pipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        return handler
+        return _denied(method, handler)
+
+
+def _denied(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A handler of a kind the pipeline does not wrap (client or bidirectional streaming).
+
+    Returned as is, it would run unauthenticated and without a principal: until the
+    pipeline learns that kind, every call to it is refused before it runs.
+    """
+    log.error("%s is a client-streaming RPC, which the pipeline does not authorize", method)
+    status = to_status(
+        PermissionDenied(
+            "this RPC is not served: its call kind is not authorized by this server",
+            reason="CALL_KIND_NOT_AUTHORIZED",
+        )
+    )
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort_with_status(status)
+
+    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await context.abort_with_status(status)
+        yield  # pragma: no cover  (a generator, as stream_stream handlers are)
+
+    if handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(
+            refuse_stream,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return grpc.stream_unary_rpc_method_handler(
+        refuse,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )

@@ -16,10 +16,11 @@ version is not newer than the one already delivered on that stream is dropped.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -32,14 +33,13 @@ from domain import config_keys, cursor
 from domain.errors import DomainError, InvalidArgument, ResourceExhausted, Unavailable
 from domain.events import ChangeEvent, ConfigChanged, FlagChanged
 from domain.flags import check_key
-from server.changes.feed import SNAPSHOT, ChangeFeed, Expired, Idle, Start, Subscription
+from server.changes.feed import ChangeFeed, Expired, Idle, Subscription
 from server.ops import metrics
 from server.rpc.convert import config_to_proto, flag_to_proto, now
 from server.rpc.errors import to_status
 from server.security import principal as principal_ctx
 from storage import stream
 from storage.db import Database
-from storage.stream import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,11 @@ MAX_KEYS = 1000
 # a write to a client that does not read: its task is cancelled and the status queued.
 STUCK_WRITE_S = 0.5
 READY_TIMEOUT_S = 10.0
+# What one caller can make a process hold (PLATFORM_ADMIN_WATCH_* settings): open streams
+# per process and per principal, and how long a snapshot may take to be written.
+MAX_STREAMS = 5000
+MAX_STREAMS_PER_PRINCIPAL = 1000
+SNAPSHOT_DEADLINE_S = 60.0
 _MESSAGE_CACHE = 4096
 
 C = TypeVar("C", FlagChanged, ConfigChanged)
@@ -65,28 +70,45 @@ class StreamKind(Generic[C]):
     response: Callable[..., Message]
     changed_field: str  # the response field of a change message
     to_proto: Callable[[C], Message]
+    # A row's place in snapshot (keyset) order.
+    position: Callable[[C], stream.Position]
 
 
-FLAGS = StreamKind("flags", FlagChanged, flag_pb2.WatchFlagsResponse, "flag_changed", flag_to_proto)
+FLAGS = StreamKind(
+    "flags",
+    FlagChanged,
+    flag_pb2.WatchFlagsResponse,
+    "flag_changed",
+    flag_to_proto,
+    stream.flag_position,
+)
 CONFIGS = StreamKind(
-    "configs", ConfigChanged, config_pb2.WatchConfigsResponse, "config_changed", config_to_proto
+    "configs",
+    ConfigChanged,
+    config_pb2.WatchConfigsResponse,
+    "config_changed",
+    config_to_proto,
+    stream.config_position,
 )
 
 
 class Subscriber:
     """One open stream: its subscription and how it ends."""
 
-    __slots__ = ("context", "ended", "kind", "subscription", "task")
+    __slots__ = ("context", "ended", "kind", "principal", "subscription", "task")
 
     def __init__(
         self,
         kind: StreamKind[Any],
         task: asyncio.Task[Any] | None,
         context: grpc.aio.ServicerContext,
+        principal: str | None = None,
     ) -> None:
         self.kind = kind
         self.task = task
         self.context = context
+        # Whose stream it is (the token's sub; None with authentication off).
+        self.principal = principal
         self.subscription: Subscription | None = None
         self.ended: DomainError | None = None
 
@@ -100,11 +122,18 @@ class Watch:
         feed: ChangeFeed,
         heartbeat_s: float = HEARTBEAT_S,
         queue_limit: int = QUEUE_LIMIT,
+        max_streams: int = MAX_STREAMS,
+        max_streams_per_principal: int = MAX_STREAMS_PER_PRINCIPAL,
+        snapshot_deadline_s: float = SNAPSHOT_DEADLINE_S,
     ) -> None:
         self.db = db
         self.feed = feed
         self.heartbeat_s = heartbeat_s
         self.queue_limit = queue_limit
+        self.max_streams = max_streams
+        self.max_streams_per_principal = max_streams_per_principal
+        self.snapshot_deadline_s = snapshot_deadline_s
+        self._per_principal: Counter[str | None] = Counter()
         self.closing = False
         self._streams: set[Subscriber] = set()
         self._enforcers: set[asyncio.Task[None]] = set()
@@ -207,8 +236,8 @@ class Watch:
             change = event.change
             return keys is None or (isinstance(change, FlagChanged) and change.key in keys)
 
-        async def snapshot() -> Snapshot[FlagChanged]:
-            return await stream.flag_snapshot(self.db, sorted(keys) if keys else None)
+        def snapshot() -> AsyncIterator[stream.SnapshotPage[FlagChanged]]:
+            return stream.flag_snapshot_pages(self.db, sorted(keys) if keys else None)
 
         async for message in self._serve(FLAGS, request.cursor, accept, snapshot, context):
             yield message  # type: ignore[misc]
@@ -228,8 +257,8 @@ class Watch:
                 return False
             return not tenant_only or change.visible_to_tenant(tenant_id)
 
-        async def snapshot() -> Snapshot[ConfigChanged]:
-            return await stream.config_snapshot(
+        def snapshot() -> AsyncIterator[stream.SnapshotPage[ConfigChanged]]:
+            return stream.config_snapshot_pages(
                 self.db, sorted(keys) if keys else None, tenant_id, tenant_only
             )
 
@@ -241,7 +270,7 @@ class Watch:
         kind: StreamKind[C],
         cursor_text: str,
         accept: Callable[[ChangeEvent], bool],
-        snapshot: Callable[[], Awaitable[Snapshot[C]]],
+        snapshot: Callable[[], AsyncIterator[stream.SnapshotPage[C]]],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[Message]:
         given = cursor.decode(cursor_text) if cursor_text else None
@@ -250,29 +279,37 @@ class Watch:
                 "the server is shutting down; retry on another replica",
                 reason="SERVER_SHUTTING_DOWN",
             )
-        sub = Subscriber(kind, asyncio.current_task(), context)
+        principal = principal_ctx.current().subject
+        self._admit(kind, principal)
+        sub = Subscriber(kind, asyncio.current_task(), context, principal)
         self._streams.add(sub)
+        self._per_principal[principal] += 1
         metrics.watch_subscribed(kind.name)
         try:
             await self._ready()
             state = await stream.state(self.db)
             database_id = state.database_id
-            after: int | Start = SNAPSHOT
             if given is not None:
                 after = cursor.verify(given, database_id)
                 head = self.feed.head_seq
                 if after > head:
                     head = await stream.head(self.db)
                 cursor.check_position(after, state.pruned_seq, head)
+            else:
+                end: list[int] = []
+                async for row in self._snapshot(kind, accept, snapshot, database_id, sub, end):
+                    yield row
+                after = end[0]
             sub.subscription = self.feed.subscribe(
                 after,
                 subjects=[kind.change.subject],
                 accept=accept,
                 queue_limit=self.queue_limit,
                 idle_s=self.heartbeat_s,
-                snapshot=snapshot,
                 on_lagging=lambda subscription: self._fall_behind(sub, subscription),
             )
+            # Versions delivered per row since the snapshot (whose rows all have seqs up to
+            # its cursor, so every live event is newer than what it showed).
             delivered: dict[Hashable, int] = {}
             async for item in sub.subscription:
                 _raise_if_ended(sub)
@@ -285,23 +322,112 @@ class Watch:
                         cursor=cursor.encode(database_id, item.position),
                         heartbeat=watch_pb2.Heartbeat(server_time=now()),
                     )
-                elif isinstance(item, Snapshot):
-                    for change in item.changes:
-                        _raise_if_ended(sub)
-                        delivered[change.identity] = change.version
-                        yield kind.response(snapshot=kind.to_proto(change))
-                    yield kind.response(
-                        cursor=cursor.encode(database_id, item.head_seq),
-                        snapshot_end=watch_pb2.SnapshotEnd(count=len(item.changes)),
-                    )
                 elif isinstance(item, Expired):
                     raise item.error
             _raise_if_ended(sub)
         finally:
             metrics.watch_unsubscribed(kind.name)
             self._streams.discard(sub)
+            self._per_principal[principal] -= 1
+            if self._per_principal[principal] <= 0:
+                del self._per_principal[principal]
             if sub.subscription is not None:
                 sub.subscription.close()
+
+    def _admit(self, kind: StreamKind[Any], principal: str | None) -> None:
+        """RESOURCE_EXHAUSTED when this process, or this caller, has too many open streams."""
+        if len(self._streams) >= self.max_streams:
+            metrics.watch_refused(kind.name, "TOO_MANY_STREAMS")
+            raise ResourceExhausted(
+                f"this server has {self.max_streams} open watch streams, its limit"
+                " (PLATFORM_ADMIN_WATCH_MAX_STREAMS); retry later or on another replica",
+                reason="TOO_MANY_STREAMS",
+            )
+        if self._per_principal[principal] >= self.max_streams_per_principal:
+            metrics.watch_refused(kind.name, "TOO_MANY_STREAMS_FOR_PRINCIPAL")
+            raise ResourceExhausted(
+                f"the caller has {self.max_streams_per_principal} open watch streams on this"
+                " server, its limit (PLATFORM_ADMIN_WATCH_MAX_STREAMS_PER_PRINCIPAL); close"
+                " some first",
+                reason="TOO_MANY_STREAMS_FOR_PRINCIPAL",
+            )
+
+    async def _snapshot(
+        self,
+        kind: StreamKind[C],
+        accept: Callable[[ChangeEvent], bool],
+        pages: Callable[[], AsyncIterator[stream.SnapshotPage[C]]],
+        database_id: uuid.UUID,
+        sub: Subscriber,
+        end: list[int],
+    ) -> AsyncIterator[Message]:
+        """The snapshot messages and snapshot_end; appends the cursor's seq to ``end``.
+
+        Rows are read and written a page at a time (storage/stream.py), so a stream holds
+        one page, not the table, and no connection while it writes. Each page is exact as
+        of its own head; a row changed after its page was read is sent again, later in the
+        snapshot, with the state as of the last page's head, which is the cursor: every
+        version the snapshot shows has a seq up to it. A client that does not read the
+        snapshot within snapshot_deadline_s is ended with RESOURCE_EXHAUSTED.
+        """
+        overdue = asyncio.get_running_loop().call_later(
+            self.snapshot_deadline_s, self._snapshot_overdue, sub
+        )
+        try:
+            lasts: list[stream.Position] = []
+            heads: list[int] = []
+            count = 0
+            async for page in pages():
+                _raise_if_ended(sub)
+                if page.last is not None:
+                    lasts.append(page.last)
+                heads.append(page.head_seq)
+                for change in page.changes:
+                    _raise_if_ended(sub)
+                    count += 1
+                    yield kind.response(snapshot=kind.to_proto(change))
+                del page
+            # Changes to rows after their page was read, up to the last page's head.
+            position, last_head = heads[0], heads[-1]
+            while position < last_head:
+                batch = await stream.read_after(
+                    self.db,
+                    position,
+                    stream.SNAPSHOT_PAGE,
+                    upto=last_head,
+                    subjects=[kind.change.subject],
+                )
+                for event in batch:
+                    position = event.seq
+                    changed = event.change
+                    if not isinstance(changed, kind.change) or not accept(event):
+                        continue
+                    if event.seq > heads[bisect.bisect_left(lasts, kind.position(changed))]:
+                        _raise_if_ended(sub)
+                        count += 1
+                        yield kind.response(snapshot=kind.to_proto(changed))
+                if len(batch) < stream.SNAPSHOT_PAGE:
+                    break
+            _raise_if_ended(sub)
+            yield kind.response(
+                cursor=cursor.encode(database_id, last_head),
+                snapshot_end=watch_pb2.SnapshotEnd(count=count),
+            )
+            end.append(last_head)
+        finally:
+            overdue.cancel()
+
+    def _snapshot_overdue(self, sub: Subscriber) -> None:
+        if sub.ended is None and sub in self._streams:
+            metrics.watch_refused(sub.kind.name, "SNAPSHOT_TOO_SLOW")
+            self._end(
+                sub,
+                ResourceExhausted(
+                    f"the snapshot was not read within {self.snapshot_deadline_s:g} s"
+                    " (PLATFORM_ADMIN_WATCH_SNAPSHOT_DEADLINE_S); reconnect and read it",
+                    reason="SNAPSHOT_TOO_SLOW",
+                ),
+            )
 
     def _message(
         self,

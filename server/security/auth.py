@@ -133,7 +133,7 @@ def principal_from_claims(claims: dict[str, object]) -> Principal:
         raise _claims_error("a tenant_admin token must carry 'tenant_id'")
     service_id = claims.get("service_id")
     if service_id is not None and (
-        not isinstance(service_id, str) or not _SERVICE_ID_RE.match(service_id)
+        not isinstance(service_id, str) or not _SERVICE_ID_RE.fullmatch(service_id)
     ):
         raise _claims_error("token 'service_id' must be 1-100 letters, digits or . _ : -")
     if SERVICE in known and not service_id:

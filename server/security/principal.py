@@ -33,16 +33,24 @@ class Principal:
         return TENANT_ADMIN in self.roles and not (self.roles & {PLATFORM_ADMIN, PLATFORM_READER})
 
 
-# Authentication off (loopback dev mode): every call acts as an anonymous platform admin.
+# Authentication off (loopback dev mode): the authorizer binds this to every call. It is
+# never a default: code that runs outside a call sees no principal at all.
 ANONYMOUS_ADMIN = Principal(subject=None, roles=frozenset({PLATFORM_ADMIN}))
 
-_current: contextvars.ContextVar[Principal] = contextvars.ContextVar(
-    "principal", default=ANONYMOUS_ADMIN
-)
+# No default: a handler reached without the pipeline (a handler kind it does not wrap, a
+# task started outside a call) must fail, not act as someone.
+_current: contextvars.ContextVar[Principal] = contextvars.ContextVar("principal")
+
+
+class NoPrincipal(RuntimeError):
+    """The principal was read outside an authenticated call."""
 
 
 def current() -> Principal:
-    return _current.get()
+    try:
+        return _current.get()
+    except LookupError:
+        raise NoPrincipal("no principal bound: this code ran outside the call pipeline") from None
 
 
 def bind(principal: Principal) -> contextvars.Token[Principal]:

@@ -14,6 +14,7 @@ from platform_admin_client import Client, State
 from prometheus_client import REGISTRY
 
 from server.app import App
+from server.rpc.pipeline import AllowAll
 from server.settings import Settings
 from tests.auth_helpers import READER, jwt_authorizer, running_app, sign
 from tests.client.support import Recorder, client_for, eventually
@@ -46,7 +47,7 @@ def _local_versions(client: Client) -> dict[str, int]:
 async def test_server_restart_client_goes_stale_keeps_answering_and_catches_up_once_in_order(
     db_url: str, settings: Settings
 ) -> None:
-    first = App(replace(settings), db_url)
+    first = App(replace(settings), db_url, authorizer=AllowAll())
     await first.start()
     port = first.port
     async with client_for(port) as client:
@@ -62,7 +63,7 @@ async def test_server_restart_client_goes_stale_keeps_answering_and_catches_up_o
             await commit_flag(db_url, "restart.a")
         await commit_flag(db_url, "restart.b")
         assert client.is_enabled("restart.a", TENANT_A, default=True) is False  # last state
-        second = App(replace(settings, listen=f"127.0.0.1:{port}"), db_url)
+        second = App(replace(settings, listen=f"127.0.0.1:{port}"), db_url, authorizer=AllowAll())
         await second.start()
         try:
             assert await client.ready(20)

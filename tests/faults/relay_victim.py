@@ -17,13 +17,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from server.app import App
+from server.rpc.pipeline import AllowAll
 from tests.bus_helpers import bus_settings
 from tests.conftest import TEST_SETTINGS
 
 
 async def main(db_url: str, nats_url: str, report: Path, kill_after: int) -> None:
     settings = bus_settings(replace(TEST_SETTINGS, probe_enabled=False), nats_url)
-    app = App(settings, db_url)
+    app = App(settings, db_url, authorizer=AllowAll())
     await app.start()
     assert app.bus is not None
     relay = app.bus.relay

@@ -25,6 +25,7 @@ import psycopg
 import pytest
 
 from server.app import App
+from server.rpc.pipeline import AllowAll
 from storage import stream
 from storage.migrate import migrate
 from tests.bus_helpers import (
@@ -127,7 +128,7 @@ async def test_relay_killed_between_publish_and_mark_second_replica_takes_over(
         )
         assert victim.poll() is None, (tmp_path / "victim.log").read_text()
         settings = bus_settings(replace(TEST_SETTINGS, probe_enabled=False), nats_server.url)
-        replica = App(settings, db_url)
+        replica = App(settings, db_url, authorizer=AllowAll())
         await replica.start()
         assert replica.bus is not None
         async with grpc.aio.insecure_channel(f"127.0.0.1:{replica.port}") as channel:
@@ -175,7 +176,7 @@ async def test_relay_resumes_by_itself_after_postgres_restarts(
     settings = bus_settings(
         replace(TEST_SETTINGS, probe_enabled=False, pool_acquire_timeout_s=2.0), nats_server.url
     )
-    app = App(settings, cluster.conninfo, health_interval_s=0.2)
+    app = App(settings, cluster.conninfo, health_interval_s=0.2, authorizer=AllowAll())
     await app.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:

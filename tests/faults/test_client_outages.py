@@ -21,6 +21,7 @@ from platform_admin.v1 import flag_pb2, flag_pb2_grpc
 from platform_admin_client import Client, State
 
 from server.app import App
+from server.rpc.pipeline import AllowAll
 from storage.migrate import migrate
 from tests.client.support import HEARTBEAT_S, Recorder, client_for, eventually
 from tests.conftest import TEST_SETTINGS
@@ -123,7 +124,7 @@ async def test_database_stopped_client_keeps_answering_and_catches_up(
 ) -> None:
     await migrate(cluster.conninfo)
     settings = replace(TEST_SETTINGS, watch_heartbeat_s=HEARTBEAT_S, pool_acquire_timeout_s=2.0)
-    app = App(settings, cluster.conninfo, health_interval_s=0.2)
+    app = App(settings, cluster.conninfo, health_interval_s=0.2, authorizer=AllowAll())
     await app.start()
     states: list[State] = []
     try:

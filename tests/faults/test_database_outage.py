@@ -25,6 +25,7 @@ from platform_admin.v1 import config_pb2 as pb
 from platform_admin.v1 import config_pb2_grpc
 
 from server.app import App
+from server.rpc.pipeline import AllowAll
 from storage.migrate import migrate
 from tests.conftest import TEST_SETTINGS
 from tests.faults.support import (
@@ -69,7 +70,7 @@ async def test_postgres_stopped_and_restarted_under_mixed_load(
     """``fast``: an orderly stop; ``immediate``: as in a crash (WAL replay on restart)."""
     await migrate(cluster.conninfo)
     settings = replace(TEST_SETTINGS, pool_min=2, pool_max=8, pool_acquire_timeout_s=2.0)
-    app = App(settings, cluster.conninfo, health_interval_s=0.2)
+    app = App(settings, cluster.conninfo, health_interval_s=0.2, authorizer=AllowAll())
     await app.start()
     writers = tenants(6)
     recorder = Recorder()
