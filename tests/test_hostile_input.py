@@ -506,6 +506,8 @@ def _valid_base(t: ControlTarget, name: str, path: str, request: Message) -> tup
         "source_id": t.ids.get(SERVICE_ID, ""),
         "health_url": "http://127.0.0.1:9/health",
         "description": "a description",
+        "provider_id": "matrix-provider",
+        "selector": "flags",
     }
     if leaf in ("key", "keys"):
         flag_rpc = "/platform_admin.v1.FlagService/" in name

@@ -25,6 +25,7 @@ from enum import StrEnum
 from domain.config_keys import ALLOW_LIST, ConfigKeySpec, ConfigValue, Scope, ValueType
 from domain.errors import InvalidArgument, NotFound
 from domain.flags import Reason
+from domain.text import has_control
 from server.changes.read_model import ReadModel
 from server.openfeature.context import Target, missing_tenant
 
@@ -114,6 +115,9 @@ class Answers:
 
     def evaluate(self, key: str, target: Target, wanted: Kind | None = None) -> Answer:
         """One key for ``target``; FLAG_NOT_FOUND / TYPE_MISMATCH / context errors raise."""
+        if has_control(key):
+            # No flag or config key holds one: say so rather than "not found" for "key\n".
+            raise InvalidArgument.field("flag_key", "must not contain control characters")
         if key.startswith(CONFIG_PREFIX):
             spec = ALLOW_LIST.get(key[len(CONFIG_PREFIX) :])
             if spec is None:

@@ -29,6 +29,7 @@ from typing import Any
 from domain import read_state as rm
 from domain.config_keys import ALLOW_LIST, ConfigValue
 from domain.errors import InvalidArgument
+from domain.text import has_control
 from server.openfeature.answers import CONFIG_PREFIX, OFF, ON, shown, variant_of
 from server.openfeature.context import NODE_ATTRIBUTE, TARGETING_KEY, TENANT_ATTRIBUTE
 
@@ -45,7 +46,9 @@ class Selector(StrEnum):
 
 def parse_selector(field: str, raw: str) -> Selector:
     try:
-        return Selector(raw.strip().lower())
+        if has_control(raw):
+            raise ValueError(raw)
+        return Selector(raw.strip(" ").lower())
     except ValueError:
         raise InvalidArgument.field(
             field, f"'{shown(raw)}' is not a selector: use 'flags', 'configs' or nothing"

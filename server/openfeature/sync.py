@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator
 import grpc
 from flagd.sync.v1 import sync_pb2, sync_pb2_grpc
 
+from domain.errors import InvalidArgument
+from domain.text import has_control
 from server.changes.read_model import ReadModel
 from server.openfeature import flagd_json
 from server.openfeature.changes import KeyChange, KeyChanges
@@ -35,6 +37,12 @@ def selector_of(field: str, context: grpc.aio.ServicerContext) -> Selector:
             text = value if isinstance(value, str) else value.decode("utf-8", "replace")
             return flagd_json.parse_selector(SELECTOR_HEADER, text)
     return flagd_json.parse_selector("selector", field)
+
+
+def check_provider_id(provider_id: str) -> None:
+    """The provider's self-chosen name is only logged, but never with control characters."""
+    if has_control(provider_id):
+        raise InvalidArgument.field("provider_id", "must not contain control characters")
 
 
 def _selected(selector: Selector, change: KeyChange) -> bool:
@@ -73,6 +81,7 @@ class FlagSync(sync_pb2_grpc.FlagSyncServiceServicer):
     async def SyncFlags(
         self, request: sync_pb2.SyncFlagsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[sync_pb2.SyncFlagsResponse]:
+        check_provider_id(request.provider_id)
         selector = selector_of(request.selector, context)
         wake = asyncio.Event()
 
@@ -113,6 +122,7 @@ class FlagSync(sync_pb2_grpc.FlagSyncServiceServicer):
     async def FetchAllFlags(
         self, request: sync_pb2.FetchAllFlagsRequest, context: grpc.aio.ServicerContext
     ) -> sync_pb2.FetchAllFlagsResponse:
+        check_provider_id(request.provider_id)
         selector = selector_of(request.selector, context)
         self.read_model.live_flags()
         # Rendered afresh: this process's own writes reach the read model before the feed.

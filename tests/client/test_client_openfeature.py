@@ -102,7 +102,10 @@ async def test_provider_answers_typed_with_reasons_and_emits_events(
         for details in (on, off, port, host):
             assert details.reason != Reason.STATIC
 
+        changed = ProviderEvent.PROVIDER_CONFIGURATION_CHANGED
         await flags.UpdateFlag(flag_pb2.UpdateFlagRequest(key="of.flag", default_enabled=True))
+        # Flags and configs arrive on two streams, with no order between them: one at a time.
+        await eventually(lambda: len([e for e in events if e[0] is changed]) == 1)
         await configs.SetConfig(
             config_pb2.SetConfigRequest(
                 key="global.session_idle_minutes",
@@ -111,7 +114,6 @@ async def test_provider_answers_typed_with_reasons_and_emits_events(
                 value=config_pb2.ConfigValue(int_value=15),
             )
         )
-        changed = ProviderEvent.PROVIDER_CONFIGURATION_CHANGED
         await eventually(lambda: len([e for e in events if e[0] is changed]) == 2)
         assert [keys for e, keys in events if e is changed] == [
             ["of.flag"],
