@@ -79,16 +79,17 @@ async def test_two_workers_share_the_port_converge_and_stop_on_sigterm(db_url: s
     try:
         pids = worker_pids(server.process.pid)
         assert len(pids) == 2, f"expected 2 workers, found {pids}"
-        # The first worker to listen made the server SERVING; wait for the second one too
-        # (its metrics listener starts right after its gRPC port).
+        # The first worker to listen made the server SERVING; wait for both metrics listeners
+        # (each starts right after its worker's gRPC port, in either order).
         deadline = time.monotonic() + 30
-        while True:
-            try:
-                resolve_calls(metrics_port + 1)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, server.log()
-                await asyncio.sleep(0.1)
+        for port in (metrics_port, metrics_port + 1):
+            while True:
+                try:
+                    resolve_calls(port)
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, server.log()
+                    await asyncio.sleep(0.1)
         # Each connection is one TCP flow; the kernel spreads them over the two workers.
         # (a local subchannel pool: otherwise channels to one address share a connection)
         channels = [
