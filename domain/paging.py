@@ -10,10 +10,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from domain.errors import InvalidArgument
 from domain.text import urlsafe_b64decode_strict
+
+R = TypeVar("R")
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -36,6 +39,15 @@ def _fingerprint(kind: str, filters: Any) -> str:
 def encode(kind: str, filters: Any, position: list[Any]) -> str:
     body = json.dumps({"f": _fingerprint(kind, filters), "p": position}, separators=(",", ":"))
     return base64.urlsafe_b64encode(body.encode()).decode().rstrip("=")
+
+
+def next_token(
+    rows: Sequence[R], limit: int, kind: str, filters: Any, position: Callable[[R], list[Any]]
+) -> str:
+    """The next page's token ("" on the last page) for ``rows`` read with ``limit + 1``."""
+    if len(rows) <= limit:
+        return ""
+    return encode(kind, filters, position(rows[limit - 1]))
 
 
 def decode(token: str, kind: str, filters: Any, arity: int) -> list[Any] | None:

@@ -153,18 +153,18 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
     if not 1 <= args.ttl <= MAX_TOKEN_TTL_S:
         print(f"platform-admin token: --ttl must be 1..{MAX_TOKEN_TTL_S}", file=sys.stderr)
         return 2
+    # The token is checked with the server's own key and rules before it is printed.
+    audience, issuer = settings.jwt_audience, settings.jwt_issuer
+    verifier = auth.TokenVerifier(auth.load_key(settings), audience, issuer)
     token = auth.mint(
         settings.jwt_secret,
         sub=args.sub,
         roles=args.roles,
-        audience=settings.jwt_audience,
-        issuer=settings.jwt_issuer,
+        audience=audience,
+        issuer=issuer,
         ttl_s=args.ttl,
         tenant_id=args.tenant,
         service_id=args.service,
-    )
-    verifier = auth.TokenVerifier(
-        auth.load_key(settings), settings.jwt_audience, settings.jwt_issuer
     )
     try:
         verifier.verify(token)

@@ -203,8 +203,9 @@ class ChangeFeed:
         if following is not None:
             following.discard(sub)
 
-    def following(self) -> int:
-        return sum(len(s) for s in self._following.values())
+    def subscriptions(self) -> list[Subscription]:
+        """The subscriptions that receive live events now (operators' and tests' view)."""
+        return [sub for subs in self._following.values() for sub in subs]
 
 
 class Subscription:

@@ -155,15 +155,16 @@ class ConfigServicer(ReadYourWrites[ConfigWatch], config_pb2_grpc.ConfigServiceS
             after=after,
             limit=limit + 1,
         )
-        response = config_pb2.ListConfigsResponse(
-            configs=[config_to_proto(r.event()) for r in rows[:limit]]
+        return config_pb2.ListConfigsResponse(
+            configs=[config_to_proto(r.event()) for r in rows[:limit]],
+            next_page_token=paging.next_token(
+                rows,
+                limit,
+                "configs",
+                filters,
+                lambda r: [r.key, r.scope, r.tenant_id or "", r.node_id or ""],
+            ),
         )
-        if len(rows) > limit:
-            last = rows[limit - 1]
-            response.next_page_token = paging.encode(
-                "configs", filters, [last.key, last.scope, last.tenant_id or "", last.node_id or ""]
-            )
-        return response
 
     async def SetConfig(
         self, request: config_pb2.SetConfigRequest, context: grpc.aio.ServicerContext
@@ -279,15 +280,12 @@ class ConfigServicer(ReadYourWrites[ConfigWatch], config_pb2_grpc.ConfigServiceS
                 ) from None
             after = (str(position[0]), str(position[1]))
         rows = await configs.history(self.db, target, after, limit + 1)
-        response = config_pb2.ListConfigHistoryResponse(
-            entries=[_history_to_proto(r) for r in rows[:limit]]
+        return config_pb2.ListConfigHistoryResponse(
+            entries=[_history_to_proto(r) for r in rows[:limit]],
+            next_page_token=paging.next_token(
+                rows, limit, "history", filters, lambda r: [r.changed_at.isoformat(), r.id]
+            ),
         )
-        if len(rows) > limit:
-            last = rows[limit - 1]
-            response.next_page_token = paging.encode(
-                "history", filters, [last.changed_at.isoformat(), last.id]
-            )
-        return response
 
     async def WatchConfigs(
         self,

@@ -89,12 +89,10 @@ class FlagServicer(ReadYourWrites[FlagWatch], flag_pb2_grpc.FlagServiceServicer)
         rows = await flags.list_rows(
             self.db, show_archived=request.show_archived, after_key=after_key, limit=limit + 1
         )
-        response = flag_pb2.ListFlagsResponse(
-            flags=[flag_to_proto(r.event()) for r in rows[:limit]]
+        return flag_pb2.ListFlagsResponse(
+            flags=[flag_to_proto(r.event()) for r in rows[:limit]],
+            next_page_token=paging.next_token(rows, limit, "flags", filters, lambda r: [r.key]),
         )
-        if len(rows) > limit:
-            response.next_page_token = paging.encode("flags", filters, [rows[limit - 1].key])
-        return response
 
     async def UpdateFlag(
         self, request: flag_pb2.UpdateFlagRequest, context: grpc.aio.ServicerContext

@@ -206,14 +206,12 @@ class HealthServicer(health_pb2_grpc.HealthServiceServicer):
         position = paging.decode(request.page_token, "health_sources", [], 1)
         after = str(position[0]) if position else None
         rows = await health.list_sources(self.db, after, limit + 1)
-        response = health_pb2.ListHealthSourcesResponse(
-            sources=[source_to_proto(r) for r in rows[:limit]]
+        return health_pb2.ListHealthSourcesResponse(
+            sources=[source_to_proto(r) for r in rows[:limit]],
+            next_page_token=paging.next_token(
+                rows, limit, "health_sources", [], lambda r: [r.service_id]
+            ),
         )
-        if len(rows) > limit:
-            response.next_page_token = paging.encode(
-                "health_sources", [], [rows[limit - 1].service_id]
-            )
-        return response
 
     async def UpdateHealthSource(
         self, request: health_pb2.UpdateHealthSourceRequest, context: grpc.aio.ServicerContext
@@ -309,15 +307,12 @@ class HealthServicer(health_pb2_grpc.HealthServiceServicer):
         rows = await health.list_results(
             self.db, source_id, start=start, end=end, after=after, limit=limit + 1
         )
-        response = health_pb2.ListCheckResultsResponse(
-            results=[result_to_proto(r) for r in rows[:limit]]
+        return health_pb2.ListCheckResultsResponse(
+            results=[result_to_proto(r) for r in rows[:limit]],
+            next_page_token=paging.next_token(
+                rows, limit, "check_results", filters, lambda r: [r.checked_at.isoformat(), r.id]
+            ),
         )
-        if len(rows) > limit:
-            last = rows[limit - 1]
-            response.next_page_token = paging.encode(
-                "check_results", filters, [last.checked_at.isoformat(), last.id]
-            )
-        return response
 
     async def GetPlatformHealth(
         self, request: health_pb2.GetPlatformHealthRequest, context: grpc.aio.ServicerContext
