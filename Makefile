@@ -34,7 +34,7 @@ run: $(STAMP) ## Serve on 127.0.0.1:50051 (embedded PostgreSQL unless DATABASE_U
 migrate: $(STAMP) ## Apply pending migrations and exit
 	$(BIN)/platform-admin migrate
 
-test: $(STAMP) check-generated lint ## Run the whole test suite (embedded PostgreSQL unless DATABASE_URL is set)
+test: $(STAMP) check-generated lint node-deps ## Run the whole test suite (embedded PostgreSQL unless DATABASE_URL is set)
 	$(BIN)/python -m pytest -m "not faults and not browser" -q
 
 test-faults: $(STAMP) ## Run the fault-injection suite (bounded in time)
@@ -78,8 +78,10 @@ check-generated: $(STAMP) ## Fail if generated/ is not what protos/ produce
 		echo "generated/ is stale: run 'make generate' and commit"; exit 1; fi; \
 	rm -rf "$$tmp"
 
-node-deps: ## Node packages for tests/test_openfeature_node.py (skipped without them)
-	cd tests/node && npm ci --no-audit --no-fund
+node-deps: ## Node packages for tests/test_openfeature_node.py (make test runs it; skipped without npm)
+	@if ! command -v npm >/dev/null; then echo "npm not found: the Node OpenFeature test will be skipped"; \
+	elif [ ! tests/node/node_modules/.package-lock.json -nt tests/node/package-lock.json ]; then \
+		cd tests/node && npm ci --no-audit --no-fund; fi
 
 bench: $(STAMP) ## Hot-path benchmark table (not part of make test; installs h2load if missing)
 	command -v h2load >/dev/null || (apt-get update && apt-get install -y nghttp2-client)

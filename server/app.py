@@ -15,7 +15,6 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from platform_admin.v1 import config_pb2, config_pb2_grpc, flag_pb2, flag_pb2_grpc
 from platform_admin.v1 import health_pb2 as health_api_pb2
 from platform_admin.v1 import health_pb2_grpc as health_api_pb2_grpc
@@ -29,11 +28,13 @@ from server.console import routes as console
 from server.http import api
 from server.http.listener import HttpListener, RouteRegistrar, build_application
 from server.openfeature import ofrep
+from server.openfeature.service import FILES as OPENFEATURE_FILES
 from server.openfeature.service import SERVICE_NAMES as OPENFEATURE_SERVICE_NAMES
 from server.openfeature.service import OpenFeature
 from server.ops import metrics
 from server.ops.metrics import MetricsServer, RpcMetrics
 from server.ops.prober import Prober, ProberConfig, prune_loop
+from server.rpc import reflection
 from server.rpc.access_log import AccessLog
 from server.rpc.config_service import ConfigServicer
 from server.rpc.flag_service import FlagServicer
@@ -51,9 +52,7 @@ PLATFORM_SERVICE_NAMES = [
     flag_pb2.DESCRIPTOR.services_by_name["FlagService"].full_name,
     health_api_pb2.DESCRIPTOR.services_by_name["HealthService"].full_name,
 ]
-# Every service on the gRPC port. Reflection lists only platform_admin.v1's: it reads the
-# default descriptor pool, and flagd's messages live in a pool of their own
-# (generated/flagd/_pool.py); grpcurl reaches those with -proto protos/flagd/....
+# Every service on the gRPC port (reflection lists them all: server/rpc/reflection.py).
 SERVICE_NAMES = [*PLATFORM_SERVICE_NAMES, *OPENFEATURE_SERVICE_NAMES]
 # grpc.health.v1 service name that is SERVING while the in-memory read model is current.
 READ_MODEL_HEALTH = "platform_admin.v1.ReadModel"
@@ -203,8 +202,15 @@ class App:
         health_api_pb2_grpc.add_HealthServiceServicer_to_server(self.health_servicer, server)
         self.openfeature.register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            [*PLATFORM_SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        reflection.enable(
+            server,
+            [
+                config_pb2.DESCRIPTOR,
+                flag_pb2.DESCRIPTOR,
+                health_api_pb2.DESCRIPTOR,
+                health_pb2.DESCRIPTOR,
+                *OPENFEATURE_FILES,
+            ],
         )
         if self.credentials is None:
             self.port = server.add_insecure_port(self.settings.listen)

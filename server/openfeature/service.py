@@ -22,6 +22,8 @@ from server.openfeature.streams import Streams
 from server.openfeature.sync import FlagSync
 from server.rpc.encoded import twin_of
 
+# The files defining the services (their own descriptor pool; see server/rpc/reflection.py).
+FILES = [v1.DESCRIPTOR, v2.DESCRIPTOR, sync_pb2.DESCRIPTOR]
 SERVICE_NAMES = [
     v1.DESCRIPTOR.services_by_name["Service"].full_name,
     v2.DESCRIPTOR.services_by_name["Service"].full_name,
