@@ -14,7 +14,12 @@ from collections.abc import Iterable
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import FileDescriptor
+from google.rpc import error_details_pb2, status_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+# Files reflection must also answer for, without services of their own: the error details
+# every failure carries (grpcurl decodes ErrorInfo / BadRequest through reflection).
+_ALSO = [error_details_pb2.DESCRIPTOR, status_pb2.DESCRIPTOR]
 
 
 def _pool_of(files: Iterable[FileDescriptor]) -> descriptor_pool.DescriptorPool:
@@ -40,4 +45,4 @@ def enable(server: grpc.aio.Server, files: Iterable[FileDescriptor]) -> None:
     """Reflection for every service defined in ``files``, and for reflection itself."""
     every = [*files, reflection_pb2.DESCRIPTOR]
     names = [service.full_name for file in every for service in file.services_by_name.values()]
-    reflection.enable_server_reflection(names, server, pool=_pool_of(every))
+    reflection.enable_server_reflection(names, server, pool=_pool_of([*every, *_ALSO]))
