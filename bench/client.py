@@ -112,17 +112,23 @@ def _rss_kb() -> int:
     return 0
 
 
-def memory_child(port: int) -> None:
-    """Runs in a fresh process: prints the memory one READY client with everything takes."""
+def memory_child(port: int, trace: bool) -> None:
+    """Runs in a fresh process: prints the memory one READY client with everything takes.
+
+    With ``trace`` it reports Python's heap (tracemalloc); without, the resident set's
+    growth. Not both in one run: tracemalloc's own bookkeeping inflates the resident set.
+    """
     gc.collect()
     rss_before = _rss_kb()
-    tracemalloc.start()
+    if trace:
+        tracemalloc.start()
     client = Client(f"127.0.0.1:{port}")
     if not client.wait_ready(300):
         raise RuntimeError(f"client not READY: {client.state} {client.error}")
     gc.collect()
-    heap, _ = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
+    heap = tracemalloc.get_traced_memory()[0] if trace else 0
+    if trace:
+        tracemalloc.stop()
     gc.collect()
     rss_after = _rss_kb()
     flags = len(client.flag_keys())
@@ -131,9 +137,9 @@ def memory_child(port: int) -> None:
     print(json.dumps({"flags": flags, "rows": rows, "heap": heap, "rss": rss_after - rss_before}))
 
 
-def memory(port: int) -> dict[str, float]:
+def _memory_run(port: int, mode: str) -> dict[str, float]:
     done = subprocess.run(
-        [sys.executable, "-m", "bench.client", "--memory", str(port)],
+        [sys.executable, "-m", "bench.client", mode, str(port)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -141,6 +147,13 @@ def memory(port: int) -> dict[str, float]:
         check=True,
     )
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def memory(port: int) -> dict[str, float]:
+    """Heap from a traced run, resident-set growth from an untraced one."""
+    traced = _memory_run(port, "--memory-heap")
+    untraced = _memory_run(port, "--memory-rss")
+    return {**untraced, "heap": traced["heap"]}
 
 
 def subscribers_child(port: int, count: int) -> None:
@@ -278,8 +291,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--memory":
-        memory_child(int(sys.argv[2]))
+    if len(sys.argv) == 3 and sys.argv[1] in ("--memory-heap", "--memory-rss"):
+        memory_child(int(sys.argv[2]), trace=sys.argv[1] == "--memory-heap")
     elif len(sys.argv) == 4 and sys.argv[1] == "--subscribers":
         subscribers_child(int(sys.argv[2]), int(sys.argv[3]))
     else:
