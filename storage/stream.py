@@ -277,13 +277,18 @@ class Snapshot(Generic[C]):
     changes: list[C]
 
 
-_UNSEQUENCED_OF = "SELECT EXISTS (SELECT 1 FROM outbox WHERE seq IS NULL AND subject = %s)"
+# Changes committed but not yet sequenced, as of the snapshot's view (bounded: the
+# sequencer keeps this short; more than the limit only happens while it is stalled).
+_UNSEQUENCED_OF = "SELECT payload FROM outbox WHERE seq IS NULL AND subject = %s LIMIT 10000"
 _SNAPSHOT_ATTEMPTS = 5
 
 
 async def _snapshot(
     db: Database, query: LiteralString, params: dict[str, Any], row: type[FlagRow] | type[ConfigRow]
-) -> tuple[int, list[Any]]:
+) -> tuple[int, list[Any], frozenset[Any]]:
+    """Rows, the head seq of the same view, and the identities of rows whose latest change
+    is in the view but not yet sequenced (it will come after the head: a stream that shows
+    the row in its snapshot must not send that version again)."""
     subject = events.FLAG_CHANGED if row is FlagRow else events.CONFIG_CHANGED
     for attempt in range(_SNAPSHOT_ATTEMPTS):
         async with db.read() as conn, conn.transaction():
@@ -293,21 +298,22 @@ async def _snapshot(
             head_seq = await head_in(conn)
             rows = await fetch_all(conn, row, query, params)
             # A change committed but not yet sequenced is in the rows yet would also come
-            # after head: a client resuming from this snapshot's cursor would get it twice.
-            # Sequence it and take the snapshot again (a few times; versions still dedupe).
+            # after head. Sequence it and take the snapshot again; under a steady stream of
+            # writes there may always be one, so the last attempt names them instead.
             cur = await conn.execute(_UNSEQUENCED_OF, (subject,))
-            pending_row = await cur.fetchone()
-        if not (pending_row and pending_row[0]) or attempt == _SNAPSHOT_ATTEMPTS - 1:
+            pending = [r[0] for r in await cur.fetchall()]
+        if not pending or attempt == _SNAPSHOT_ATTEMPTS - 1:
             break
         if not await sequence_batch(db):
             await asyncio.sleep(0.01 * (attempt + 1))
-    return head_seq, rows
+    unsequenced = frozenset(events.decode(subject, p).identity for p in pending)
+    return head_seq, rows, unsequenced
 
 
 async def flag_snapshot(db: Database, keys: Sequence[str] | None) -> Snapshot[FlagChanged]:
     """Every flag (or those among ``keys``) and the head seq of the same view."""
     params = {"keys": list(keys) if keys else None}
-    head_seq, rows = await _snapshot(db, _FLAG_SNAPSHOT, params, FlagRow)
+    head_seq, rows, _ = await _snapshot(db, _FLAG_SNAPSHOT, params, FlagRow)
     return Snapshot(head_seq, [r.event() for r in rows])
 
 
@@ -320,7 +326,7 @@ async def config_snapshot(
         "tenant_only": tenant_only,
         "tenant_id": tenant_id,
     }
-    head_seq, rows = await _snapshot(db, _CONFIG_SNAPSHOT, params, ConfigRow)
+    head_seq, rows, _ = await _snapshot(db, _CONFIG_SNAPSHOT, params, ConfigRow)
     return Snapshot(head_seq, [r.event() for r in rows])
 
 
@@ -339,6 +345,9 @@ class SnapshotPage(Generic[C]):
     head_seq: int
     changes: list[C]
     last: Position | None
+    # Identities whose latest change the page shows but which had no seq yet (so its event
+    # comes after head_seq): see _snapshot.
+    unsequenced: frozenset[Any] = frozenset()
 
 
 def flag_position(change: FlagChanged) -> Position:
@@ -357,11 +366,12 @@ async def flag_snapshot_pages(
     after: str | None = None
     while True:
         params = {"keys": list(keys) if keys else None, "after": after, "limit": page_size}
-        head_seq, rows = await _snapshot(db, _FLAG_PAGE, params, FlagRow)
+        head_seq, rows, unsequenced = await _snapshot(db, _FLAG_PAGE, params, FlagRow)
         changes = [r.event() for r in rows]
         full = len(rows) == page_size
         del rows  # only the page's events stay alive while the caller writes them
-        yield SnapshotPage(head_seq, changes, flag_position(changes[-1]) if full else None)
+        last = flag_position(changes[-1]) if full else None
+        yield SnapshotPage(head_seq, changes, last, unsequenced)
         if not full:
             return
         after = changes[-1].key
@@ -392,12 +402,12 @@ async def config_snapshot_pages(
             if after
             else {"after_key": None, "after_scope": None, "after_tenant": None, "after_node": None}
         )
-        head_seq, rows = await _snapshot(db, _CONFIG_PAGE, params, ConfigRow)
+        head_seq, rows, unsequenced = await _snapshot(db, _CONFIG_PAGE, params, ConfigRow)
         changes = [r.event() for r in rows]
         full = len(rows) == page_size
         del rows  # only the page's events stay alive while the caller writes them
         last = config_position(changes[-1]) if full else None
-        yield SnapshotPage(head_seq, changes, last)
+        yield SnapshotPage(head_seq, changes, last, unsequenced)
         if not full:
             return
         after = last

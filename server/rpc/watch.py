@@ -285,6 +285,7 @@ class Watch:
         self._streams.add(sub)
         self._per_principal[principal] += 1
         metrics.watch_subscribed(kind.name)
+        shown: dict[Hashable, int] = {}
         try:
             await self._ready()
             state = await stream.state(self.db)
@@ -297,7 +298,9 @@ class Watch:
                 cursor.check_position(after, state.pruned_seq, head)
             else:
                 end: list[int] = []
-                async for row in self._snapshot(kind, accept, snapshot, database_id, sub, end):
+                async for row in self._snapshot(
+                    kind, accept, snapshot, database_id, sub, end, shown
+                ):
                     yield row
                 after = end[0]
             sub.subscription = self.feed.subscribe(
@@ -308,9 +311,10 @@ class Watch:
                 idle_s=self.heartbeat_s,
                 on_lagging=lambda subscription: self._fall_behind(sub, subscription),
             )
-            # Versions delivered per row since the snapshot (whose rows all have seqs up to
-            # its cursor, so every live event is newer than what it showed).
-            delivered: dict[Hashable, int] = {}
+            # Versions delivered per row since the snapshot. Its rows all have seqs up to its
+            # cursor, so every live event is newer than what it showed, but for the rows whose
+            # change was not yet sequenced when their page was read (``shown``).
+            delivered: dict[Hashable, int] = shown
             async for item in sub.subscription:
                 _raise_if_ended(sub)
                 if isinstance(item, ChangeEvent):
@@ -360,8 +364,10 @@ class Watch:
         database_id: uuid.UUID,
         sub: Subscriber,
         end: list[int],
+        shown: dict[Hashable, int],
     ) -> AsyncIterator[Message]:
-        """The snapshot messages and snapshot_end; appends the cursor's seq to ``end``.
+        """The snapshot messages and snapshot_end; appends the cursor's seq to ``end``, and
+        to ``shown`` the version sent of each row whose event will come after the cursor.
 
         Rows are read and written a page at a time (storage/stream.py), so a stream holds
         one page, not the table, and no connection while it writes. Each page is exact as
@@ -385,6 +391,8 @@ class Watch:
                 for change in page.changes:
                     _raise_if_ended(sub)
                     count += 1
+                    if change.identity in page.unsequenced:
+                        shown[change.identity] = change.version
                     yield kind.response(snapshot=kind.to_proto(change))
                 del page
             # Changes to rows after their page was read, up to the last page's head.
