@@ -138,6 +138,7 @@ def start_service(
     port: int = 0,
     log_level: str = "warning",
     nats_url: str = "off",
+    settings: dict[str, str] | None = None,
 ) -> Proc:
     port = port or free_port()
     log_path = workdir / f"serve-{port}.log"
@@ -152,6 +153,7 @@ def start_service(
         "PLATFORM_ADMIN_POOL_MAX": str(POOL_MAX),
         # The RPC benches measure without the bus; make bench-relay measures the relay.
         "PLATFORM_ADMIN_NATS_URL": nats_url,
+        **(settings or {}),
     }
     for name in ("PLATFORM_ADMIN_JWT_SECRET", "PLATFORM_ADMIN_JWT_PUBLIC_KEY_FILE"):
         env.pop(name, None)
