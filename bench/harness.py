@@ -153,6 +153,8 @@ def start_service(
         "PLATFORM_ADMIN_POOL_MAX": str(POOL_MAX),
         # The RPC benches measure without the bus; make bench-relay measures the relay.
         "PLATFORM_ADMIN_NATS_URL": nats_url,
+        # Its own HTTP port: the default one would be shared by every bench server.
+        "PLATFORM_ADMIN_HTTP_LISTEN": f"127.0.0.1:{free_port()}",
         **(settings or {}),
     }
     for name in ("PLATFORM_ADMIN_JWT_SECRET", "PLATFORM_ADMIN_JWT_PUBLIC_KEY_FILE"):

@@ -629,7 +629,11 @@ def bench_cold_start(server_url: str, workdir: Path) -> tuple[float, float, floa
 def bench_propagation(url: str, workdir: Path, samples: int = 50) -> Result:
     """A write through process A, until process B answers with it (ms)."""
     a = start_service(url, workdir)
-    b = start_service(url, workdir)
+    try:
+        b = start_service(url, workdir)
+    except BaseException:
+        a.stop()
+        raise
     latencies = []
     try:
         with (

@@ -13,7 +13,6 @@ The baseline column is the platform_admin.v1 call; "RPC/s ratio" is ours / basel
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -201,8 +200,8 @@ def main() -> int:
             say(f"seeding {N_FLAGS} flags …")
             seed(url, N_FLAGS)
             http_port = free_port()
-            os.environ["PLATFORM_ADMIN_HTTP_LISTEN"] = f"127.0.0.1:{http_port}"
-            service = start_service(url, workdir, cpu=0)
+            http = {"PLATFORM_ADMIN_HTTP_LISTEN": f"127.0.0.1:{http_port}"}
+            service = start_service(url, workdir, cpu=0, settings=http)
             try:
                 port, pid = service.port, service.process.pid
                 resolve = ev2.ResolveBooleanRequest(flag_key=KEY)
