@@ -39,7 +39,8 @@ from server.rpc.access_log import AccessLog
 from server.rpc.config_service import ConfigServicer
 from server.rpc.flag_service import FlagServicer
 from server.rpc.health_service import HealthServicer
-from server.rpc.pipeline import Authorizer, CallObserver, Pipeline
+from server.rpc.observers import CallObserver
+from server.rpc.pipeline import Authorizer, Pipeline
 from server.rpc.watch import Watch
 from server.settings import Settings, SettingsError
 from storage.db import Database, PoolSettings

@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from server.app import App
 from server.ops import metrics
 from server.rpc.access_log import AccessLog, request_id
+from server.rpc.observers import FinishedCall
 from server.rpc.pipeline import AllowAll
 from server.settings import Settings, SettingsError
 from tests.grpcurl_server import GRPCURL, free_port, start_server, stop_server
@@ -155,11 +156,13 @@ async def test_access_log_json_lines_carry_the_fields(app, caplog):
     caplog.set_level(logging.INFO, logger="platform_admin.access")
     observer = AccessLog("json")
     observer.on_call_done(
-        "/x.v1.S/M",
-        grpc.StatusCode.UNAVAILABLE,
-        0.0123,
-        None,
-        (("authorization", "Bearer secret-token"), ("x-request-id", "abc\nINJECTED")),
+        FinishedCall(
+            "/x.v1.S/M",
+            grpc.StatusCode.UNAVAILABLE,
+            0.0123,
+            None,
+            (("authorization", "Bearer secret-token"), ("x-request-id", "abc\nINJECTED")),
+        )
     )
     (record,) = [r for r in caplog.records if r.name == "platform_admin.access"]
     from server.ops.logs import JsonFormatter
@@ -415,8 +418,8 @@ def test_access_log_setting_chooses_which_calls_are_logged(caplog):
     caplog.set_level(logging.INFO, logger="platform_admin.access")
     hot = "/platform_admin.v1.FlagService/EvaluateFlag"
     for observer in (AccessLog("text"), AccessLog("text", hot_reads=True)):
-        observer.on_call_done(hot, grpc.StatusCode.OK, 0.001, None, ())
-        observer.on_call_done(hot, grpc.StatusCode.NOT_FOUND, 0.001, None, ())
+        observer.on_call_done(FinishedCall(hot, grpc.StatusCode.OK, 0.001, None, ()))
+        observer.on_call_done(FinishedCall(hot, grpc.StatusCode.NOT_FOUND, 0.001, None, ()))
     lines = [r.getMessage() for r in caplog.records if r.name == "platform_admin.access"]
     # Default: the failure only; "all": both calls.
     assert [("status=OK" in line) for line in lines] == [False, True, False]

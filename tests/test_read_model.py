@@ -210,6 +210,7 @@ def test_successful_hot_reads_stay_out_of_the_access_log(caplog):
     import logging
 
     from server.rpc.access_log import AccessLog
+    from server.rpc.observers import FinishedCall
 
     caplog.set_level(logging.INFO, logger="platform_admin.access")
     observer = AccessLog()
@@ -217,13 +218,21 @@ def test_successful_hot_reads_stay_out_of_the_access_log(caplog):
         "/platform_admin.v1.FlagService/EvaluateFlag",
         "/platform_admin.v1.ConfigService/ResolveConfigs",
     ):
-        observer.on_call_done(method, grpc.StatusCode.OK, 0.0001, None, ())
+        observer.on_call_done(FinishedCall(method, grpc.StatusCode.OK, 0.0001, None, ()))
     assert not caplog.records
     observer.on_call_done(
-        "/platform_admin.v1.FlagService/EvaluateFlag", grpc.StatusCode.NOT_FOUND, 0.0001, None, ()
+        FinishedCall(
+            "/platform_admin.v1.FlagService/EvaluateFlag",
+            grpc.StatusCode.NOT_FOUND,
+            0.0001,
+            None,
+            (),
+        )
     )
     observer.on_call_done(
-        "/platform_admin.v1.ConfigService/SetConfig", grpc.StatusCode.OK, 0.002, None, ()
+        FinishedCall(
+            "/platform_admin.v1.ConfigService/SetConfig", grpc.StatusCode.OK, 0.002, None, ()
+        )
     )
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2

@@ -29,6 +29,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from nats.aio.client import Client
@@ -93,27 +94,24 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
+@dataclass(eq=False)
 class Relay:
-    def __init__(
-        self,
-        session: RelaySession,
-        settings: Settings,
-        wake: asyncio.Event,
-        nats: Callable[[], Client | None],
-    ) -> None:
-        self.session = session
-        self.settings = settings
-        self.wake = wake
-        self._nats = nats
-        self.leader = False
-        self.stream_ready = False
-        self._failing_since: float | None = None
-        self._pub: Publisher | None = None
-        # The id of the last row this leader saw acked: the next message's expected
-        # predecessor. None after a failure or a takeover (the next message names none).
-        self._last_id: str | None = None
-        # Tests replace this to die between publishing and marking.
-        self.mark: Callable[[list[str]], Awaitable[None]] = self.session.mark_published
+    session: RelaySession
+    settings: Settings
+    wake: asyncio.Event
+    _nats: Callable[[], Client | None]
+    leader: bool = field(default=False, init=False)
+    stream_ready: bool = field(default=False, init=False)
+    _failing_since: float | None = field(default=None, init=False)
+    _pub: Publisher | None = field(default=None, init=False)
+    # The id of the last row this leader saw acked: the next message's expected
+    # predecessor. None after a failure or a takeover (the next message names none).
+    _last_id: str | None = field(default=None, init=False)
+    # Tests replace this to die between publishing and marking.
+    mark: Callable[[list[str]], Awaitable[None]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.mark = self.session.mark_published
 
     async def run(self) -> None:
         delay = LEADER_RETRY_S

@@ -176,9 +176,7 @@ class ReadModel:
         stale_after_s: float = STALE_AFTER_S,
         answer_cache_bytes: int = ANSWER_CACHE_BYTES,
     ) -> None:
-        self.db = db
-        self.feed = feed
-        self.stale_after_s = stale_after_s
+        self.db, self.feed, self.stale_after_s = db, feed, stale_after_s
         self.state = rm.ReadState()
         self.seq = -1  # every change up to this seq is reflected
         self._advanced = asyncio.Event()  # set (and replaced) each time seq moves

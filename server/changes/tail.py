@@ -18,6 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from domain.events import ChangeEvent
 from storage import stream
@@ -40,6 +41,7 @@ _BACKOFF_START_S = 0.1
 _BACKOFF_MAX_S = 5.0
 
 
+@dataclass(eq=False)
 class Tail:
     """Reads the stream once per process and fans each batch out to listeners.
 
@@ -48,29 +50,22 @@ class Tail:
     read after they were added; a listener must not block (it runs on the event loop).
     """
 
-    def __init__(
-        self,
-        db: Database,
-        pool_settings: PoolSettings,
-        poll_interval_s: float = POLL_INTERVAL_S,
-        batch: int = READ_BATCH,
-    ) -> None:
-        self.db = db
-        self.pool_settings = pool_settings
-        self.poll_interval_s = poll_interval_s
-        self.batch = batch
-        self.head_seq = -1
-        self.ready = asyncio.Event()
-        self._listeners: list[Listener] = []
-        self._gap_listeners: list[Callable[[], None]] = []
-        self._wake = asyncio.Event()
-        self._advanced = asyncio.Event()
-        self.listen_connected = False
-        # The LISTEN connection's backend pid (tests terminate it to prove recovery).
-        self.listen_pid: int | None = None
-        self.reconnects = 0
-        # Wall-clock time of the last read that reached the head (the read model's freshness).
-        self.caught_up_at: float | None = None
+    db: Database
+    pool_settings: PoolSettings
+    poll_interval_s: float = POLL_INTERVAL_S
+    batch: int = READ_BATCH
+    head_seq: int = field(default=-1, init=False)
+    ready: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _listeners: list[Listener] = field(default_factory=list, init=False)
+    _gap_listeners: list[Callable[[], None]] = field(default_factory=list, init=False)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _advanced: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    listen_connected: bool = field(default=False, init=False)
+    # The LISTEN connection's backend pid (tests terminate it to prove recovery).
+    listen_pid: int | None = field(default=None, init=False)
+    reconnects: int = field(default=0, init=False)
+    # Wall-clock time of the last read that reached the head (the read model's freshness).
+    caught_up_at: float | None = field(default=None, init=False)
 
     def add_listener(self, callback: Listener) -> None:
         self._listeners.append(callback)

@@ -19,8 +19,9 @@ UNAVAILABLE at shutdown.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import ModuleType
+from typing import Any, ClassVar, TypeVar
 
 import grpc
 from flagd.evaluation.v1 import evaluation_pb2 as v1
@@ -38,7 +39,7 @@ from server.openfeature.context import (
     target_of,
 )
 from server.openfeature.streams import Streams, stream_lost
-from server.rpc.encoded import encoded
+from server.rpc.encoded import SUFFIX, encoded
 
 KEEP_ALIVE_S = 20.0
 _CACHE_LIMIT = 50_000
@@ -150,83 +151,76 @@ class Evaluation:
                 unsubscribe()
 
 
-class EvaluationV2(v2_grpc.ServiceServicer):
+_RESOLVERS = (
+    ("ResolveBoolean", Kind.BOOLEAN),
+    ("ResolveString", Kind.STRING),
+    ("ResolveFloat", Kind.FLOAT),
+    ("ResolveInt", Kind.INTEGER),
+    ("ResolveObject", Kind.OBJECT),
+)
+
+
+class _FlagdServicer:
+    """What both protocol versions' servicers share; each binds its own message module."""
+
+    messages: ClassVar[ModuleType]
+    # Bound by @_serving from _RESOLVERS, with their ``@encoded`` twins.
+    ResolveBoolean: Callable[..., Awaitable[Any]]
+    ResolveString: Callable[..., Awaitable[Any]]
+    ResolveFloat: Callable[..., Awaitable[Any]]
+    ResolveInt: Callable[..., Awaitable[Any]]
+    ResolveObject: Callable[..., Awaitable[Any]]
+
     def __init__(self, shared: Evaluation) -> None:
         self.shared = shared
 
-    async def ResolveBoolean(
-        self, request: v2.ResolveBooleanRequest, context: grpc.aio.ServicerContext
-    ) -> v2.ResolveBooleanResponse:
-        return v2.ResolveBooleanResponse.FromString(
-            await self.ResolveBooleanEncoded(request, context)
-        )
-
-    @encoded
-    async def ResolveBooleanEncoded(
-        self, request: v2.ResolveBooleanRequest, context: grpc.aio.ServicerContext
-    ) -> bytes:
-        return self.shared.resolve(request, Kind.BOOLEAN, v2.ResolveBooleanResponse)
-
-    async def ResolveString(
-        self, request: v2.ResolveStringRequest, context: grpc.aio.ServicerContext
-    ) -> v2.ResolveStringResponse:
-        return v2.ResolveStringResponse.FromString(
-            await self.ResolveStringEncoded(request, context)
-        )
-
-    @encoded
-    async def ResolveStringEncoded(
-        self, request: v2.ResolveStringRequest, context: grpc.aio.ServicerContext
-    ) -> bytes:
-        return self.shared.resolve(request, Kind.STRING, v2.ResolveStringResponse)
-
-    async def ResolveFloat(
-        self, request: v2.ResolveFloatRequest, context: grpc.aio.ServicerContext
-    ) -> v2.ResolveFloatResponse:
-        return v2.ResolveFloatResponse.FromString(await self.ResolveFloatEncoded(request, context))
-
-    @encoded
-    async def ResolveFloatEncoded(
-        self, request: v2.ResolveFloatRequest, context: grpc.aio.ServicerContext
-    ) -> bytes:
-        return self.shared.resolve(request, Kind.FLOAT, v2.ResolveFloatResponse)
-
-    async def ResolveInt(
-        self, request: v2.ResolveIntRequest, context: grpc.aio.ServicerContext
-    ) -> v2.ResolveIntResponse:
-        return v2.ResolveIntResponse.FromString(await self.ResolveIntEncoded(request, context))
-
-    @encoded
-    async def ResolveIntEncoded(
-        self, request: v2.ResolveIntRequest, context: grpc.aio.ServicerContext
-    ) -> bytes:
-        return self.shared.resolve(request, Kind.INTEGER, v2.ResolveIntResponse)
-
-    async def ResolveObject(
-        self, request: v2.ResolveObjectRequest, context: grpc.aio.ServicerContext
-    ) -> v2.ResolveObjectResponse:
-        return v2.ResolveObjectResponse.FromString(
-            await self.ResolveObjectEncoded(request, context)
-        )
-
-    @encoded
-    async def ResolveObjectEncoded(
-        self, request: v2.ResolveObjectRequest, context: grpc.aio.ServicerContext
-    ) -> bytes:
-        return self.shared.resolve(request, Kind.OBJECT, v2.ResolveObjectResponse)
-
     async def EventStream(
-        self, request: v2.EventStreamRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[v2.EventStreamResponse]:
-        async for message in self.shared.events(v2.EventStreamResponse):
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        async for message in self.shared.events(self.messages.EventStreamResponse):
             yield message
 
 
-class EvaluationV1(v1_grpc.ServiceServicer):
-    """v1 has no optional value: an archived flag answers false, reason DISABLED."""
+def _resolver(rpc: str, kind: Kind, response_type: Any) -> tuple[Callable[..., Any], ...]:
+    """``<rpc>`` (returns the message) and its ``@encoded`` twin (returns the bytes)."""
 
-    def __init__(self, shared: Evaluation) -> None:
-        self.shared = shared
+    @encoded
+    async def twin(self: _FlagdServicer, request: Any, context: grpc.aio.ServicerContext) -> bytes:
+        return self.shared.resolve(request, kind, response_type)
+
+    async def method(self: _FlagdServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return response_type.FromString(await twin(self, request, context))
+
+    method.__name__ = method.__qualname__ = rpc
+    twin.__name__ = twin.__qualname__ = rpc + SUFFIX
+    return method, twin
+
+
+S = TypeVar("S", bound=type[_FlagdServicer])
+
+
+def _serving(messages: ModuleType) -> Callable[[S], S]:
+    """Binds a servicer class to a version's messages and gives it every Resolve<Type>."""
+
+    def bind(cls: S) -> S:
+        cls.messages = messages
+        for rpc, kind in _RESOLVERS:
+            method, twin = _resolver(rpc, kind, getattr(messages, rpc + "Response"))
+            setattr(cls, rpc, method)
+            setattr(cls, rpc + SUFFIX, twin)
+        return cls
+
+    return bind
+
+
+@_serving(v2)
+class EvaluationV2(_FlagdServicer, v2_grpc.ServiceServicer):
+    """flagd.evaluation.v2.Service: what the current Python and JS flagd providers call."""
+
+
+@_serving(v1)
+class EvaluationV1(_FlagdServicer, v1_grpc.ServiceServicer):
+    """v1 has no optional value: an archived flag answers false, reason DISABLED."""
 
     async def ResolveAll(
         self, request: v1.ResolveAllRequest, context: grpc.aio.ServicerContext
@@ -246,70 +240,3 @@ class EvaluationV1(v1_grpc.ServiceServicer):
                 entry.string_value = value
             entry.metadata.update(answer.metadata)
         return response
-
-    async def ResolveBoolean(
-        self, request: v1.ResolveBooleanRequest, context: grpc.aio.ServicerContext
-    ) -> v1.ResolveBooleanResponse:
-        return v1.ResolveBooleanResponse.FromString(
-            await self.ResolveBooleanEncoded(request, context)
-        )
-
-    @encoded
-    async def ResolveBooleanEncoded(
-        self, request: v1.ResolveBooleanRequest, context: grpc.aio.ServicerContext
-    ) -> bytes:
-        return self.shared.resolve(request, Kind.BOOLEAN, v1.ResolveBooleanResponse)
-
-    async def ResolveString(
-        self, request: v1.ResolveStringRequest, context: grpc.aio.ServicerContext
-    ) -> v1.ResolveStringResponse:
-        return v1.ResolveStringResponse.FromString(
-            await self.ResolveStringEncoded(request, context)
-        )
-
-    @encoded
-    async def ResolveStringEncoded(
-        self, request: v1.ResolveStringRequest, context: grpc.aio.ServicerContext
-    ) -> bytes:
-        return self.shared.resolve(request, Kind.STRING, v1.ResolveStringResponse)
-
-    async def ResolveFloat(
-        self, request: v1.ResolveFloatRequest, context: grpc.aio.ServicerContext
-    ) -> v1.ResolveFloatResponse:
-        return v1.ResolveFloatResponse.FromString(await self.ResolveFloatEncoded(request, context))
-
-    @encoded
-    async def ResolveFloatEncoded(
-        self, request: v1.ResolveFloatRequest, context: grpc.aio.ServicerContext
-    ) -> bytes:
-        return self.shared.resolve(request, Kind.FLOAT, v1.ResolveFloatResponse)
-
-    async def ResolveInt(
-        self, request: v1.ResolveIntRequest, context: grpc.aio.ServicerContext
-    ) -> v1.ResolveIntResponse:
-        return v1.ResolveIntResponse.FromString(await self.ResolveIntEncoded(request, context))
-
-    @encoded
-    async def ResolveIntEncoded(
-        self, request: v1.ResolveIntRequest, context: grpc.aio.ServicerContext
-    ) -> bytes:
-        return self.shared.resolve(request, Kind.INTEGER, v1.ResolveIntResponse)
-
-    async def ResolveObject(
-        self, request: v1.ResolveObjectRequest, context: grpc.aio.ServicerContext
-    ) -> v1.ResolveObjectResponse:
-        return v1.ResolveObjectResponse.FromString(
-            await self.ResolveObjectEncoded(request, context)
-        )
-
-    @encoded
-    async def ResolveObjectEncoded(
-        self, request: v1.ResolveObjectRequest, context: grpc.aio.ServicerContext
-    ) -> bytes:
-        return self.shared.resolve(request, Kind.OBJECT, v1.ResolveObjectResponse)
-
-    async def EventStream(
-        self, request: v1.EventStreamRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[v1.EventStreamResponse]:
-        async for message in self.shared.events(v1.EventStreamResponse):
-            yield message

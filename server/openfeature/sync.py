@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 import grpc
 from flagd.sync.v1 import sync_pb2, sync_pb2_grpc
@@ -51,19 +52,14 @@ def _selected(selector: Selector, change: KeyChange) -> bool:
     return change.is_config == (selector is Selector.CONFIGS)
 
 
+@dataclass(eq=False)
 class FlagSync(sync_pb2_grpc.FlagSyncServiceServicer):
-    def __init__(
-        self,
-        read_model: ReadModel,
-        feed: KeyChanges,
-        streams: Streams,
-        min_interval_s: float = MIN_INTERVAL_S,
-    ) -> None:
-        self.read_model = read_model
-        self.feed = feed
-        self.streams = streams
-        self.min_interval_s = min_interval_s
-        self._rendered: dict[Selector, tuple[int, str]] = {}
+    read_model: ReadModel
+    feed: KeyChanges
+    streams: Streams
+    min_interval_s: float = MIN_INTERVAL_S
+    # The rendering per selector and the read-model seq it was rendered at.
+    _rendered: dict[Selector, tuple[int, str]] = field(default_factory=dict, init=False)
 
     def _current(self, selector: Selector) -> str:
         """The rendering for the current state, shared across streams (fresh after changes)."""

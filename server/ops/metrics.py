@@ -45,7 +45,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from server.security.principal import Principal
+from server.rpc.observers import FinishedCall
 from storage.db import Database
 from storage.ops import OutboxBacklog, outbox_backlog
 
@@ -242,22 +242,15 @@ class RpcMetrics:
     def on_call_start(self, method: str) -> None:
         self._gauge(method).inc()
 
-    def on_call_done(
-        self,
-        method: str,
-        code: grpc.StatusCode,
-        seconds: float,
-        principal: Principal | None,
-        metadata: Any,
-    ) -> None:
-        self._gauge(method).dec()
-        children = self._children.get((method, code))
+    def on_call_done(self, call: FinishedCall) -> None:
+        self._gauge(call.method).dec()
+        children = self._children.get((call.method, call.code))
         if children is None:
-            labels = (method.lstrip("/"), code_name(code))
+            labels = (call.method.lstrip("/"), code_name(call.code))
             children = (RPCS.labels(*labels), RPC_SECONDS.labels(*labels))
-            self._children[(method, code)] = children
+            self._children[(call.method, call.code)] = children
         children[0].inc()
-        children[1].observe(seconds)
+        children[1].observe(call.seconds)
 
 
 # --- database figures --------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 
 from server.ops.metrics import code_name
-from server.security.principal import Principal
+from server.rpc.observers import FinishedCall
 
 log = logging.getLogger("platform_admin.access")
 
@@ -73,14 +73,8 @@ class AccessLog:
         # PLATFORM_ADMIN_ACCESS_LOG=all: a line for every call, hot reads included.
         self.quiet_when_ok = frozenset() if hot_reads else QUIET_WHEN_OK
 
-    def on_call_done(
-        self,
-        method: str,
-        code: grpc.StatusCode,
-        seconds: float,
-        principal: Principal | None,
-        metadata: Any,
-    ) -> None:
+    def on_call_done(self, call: FinishedCall) -> None:
+        method, code, principal = call.method, call.code, call.principal
         if code is grpc.StatusCode.OK and method in self.quiet_when_ok:
             return
         if not log.isEnabledFor(logging.INFO):
@@ -88,12 +82,12 @@ class AccessLog:
         fields: dict[str, Any] = {
             "method": method.lstrip("/"),
             "status": code_name(code),
-            "duration_ms": round(seconds * 1000, 3),
+            "duration_ms": round(call.seconds * 1000, 3),
             # "-": the call was refused before a principal was known.
             "principal": "-"
             if principal is None
             else principal.subject or principal.service_id or "anonymous",
-            "request_id": request_id(metadata),
+            "request_id": request_id(call.metadata),
         }
         if principal is not None and principal.tenant_id:
             fields["tenant_id"] = principal.tenant_id

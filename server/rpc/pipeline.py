@@ -20,6 +20,7 @@ import grpc
 from domain.errors import DeadlineExceeded, DomainError, PermissionDenied
 from server.rpc.encoded import passing_bytes, twin_of
 from server.rpc.errors import INTERNAL, status_code_of, to_status
+from server.rpc.observers import CallObserver, FinishedCall
 from server.security import principal as principal_ctx
 from server.security.principal import Principal
 from storage.db import call_deadline, deadline_after
@@ -40,19 +41,6 @@ class Authorizer(Protocol):
     def authorize(
         self, method: str, metadata: tuple[tuple[str, str | bytes], ...]
     ) -> Principal: ...
-
-
-class CallObserver(Protocol):
-    """Told when each call ends; may also define ``on_call_start(method)`` (in-flight gauges)."""
-
-    def on_call_done(
-        self,
-        method: str,
-        code: grpc.StatusCode,
-        seconds: float,
-        principal: Principal | None,
-        metadata: Any,
-    ) -> None: ...
 
 
 class AllowAll:
@@ -153,9 +141,9 @@ class Pipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         metadata: Any,
     ) -> None:
         if self.observers:
-            elapsed = time.perf_counter() - started
+            call = FinishedCall(method, code, time.perf_counter() - started, who, metadata)
             for observer in self.observers:
-                observer.on_call_done(method, code, elapsed, who, metadata)
+                observer.on_call_done(call)
 
     async def call_unary(
         self,

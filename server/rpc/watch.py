@@ -22,7 +22,7 @@ import logging
 import uuid
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -92,56 +92,41 @@ CONFIGS = StreamKind(
 )
 
 
+@dataclass(eq=False, slots=True)
 class Subscriber:
     """One open stream: its subscription and how it ends."""
 
-    __slots__ = ("context", "ended", "kind", "principal", "subscription", "task")
-
-    def __init__(
-        self,
-        kind: StreamKind[Any],
-        task: asyncio.Task[Any] | None,
-        context: grpc.aio.ServicerContext,
-        principal: str | None = None,
-    ) -> None:
-        self.kind = kind
-        self.task = task
-        self.context = context
-        # Whose stream it is (the token's sub; None with authentication off).
-        self.principal = principal
-        self.subscription: Subscription | None = None
-        self.ended: DomainError | None = None
+    kind: StreamKind[Any]
+    task: asyncio.Task[Any] | None
+    context: grpc.aio.ServicerContext
+    # Whose stream it is (the token's sub; None with authentication off).
+    principal: str | None = None
+    subscription: Subscription | None = None
+    ended: DomainError | None = None
 
 
+@dataclass(eq=False)
 class Watch:
     """The registry of open streams and the two stream handlers."""
 
-    def __init__(
-        self,
-        db: Database,
-        feed: ChangeFeed,
-        heartbeat_s: float = HEARTBEAT_S,
-        queue_limit: int = QUEUE_LIMIT,
-        max_streams: int = MAX_STREAMS,
-        max_streams_per_principal: int = MAX_STREAMS_PER_PRINCIPAL,
-        snapshot_deadline_s: float = SNAPSHOT_DEADLINE_S,
-    ) -> None:
-        self.db = db
-        self.feed = feed
-        self.heartbeat_s = heartbeat_s
-        self.queue_limit = queue_limit
-        self.max_streams = max_streams
-        self.max_streams_per_principal = max_streams_per_principal
-        self.snapshot_deadline_s = snapshot_deadline_s
-        self._per_principal: Counter[str | None] = Counter()
-        self.closing = False
-        self._streams: set[Subscriber] = set()
-        self._enforcers: set[asyncio.Task[None]] = set()
-        self._messages: OrderedDict[tuple[uuid.UUID, str, int], Message] = OrderedDict()
-        # Subscribers that stopped reading and were ended, and streams sent back to the
-        # database after their queue overflowed, since start (operators' counters).
-        self.cut_off = 0
-        self.fell_behind = 0
+    db: Database
+    feed: ChangeFeed
+    heartbeat_s: float = HEARTBEAT_S
+    queue_limit: int = QUEUE_LIMIT
+    max_streams: int = MAX_STREAMS
+    max_streams_per_principal: int = MAX_STREAMS_PER_PRINCIPAL
+    snapshot_deadline_s: float = SNAPSHOT_DEADLINE_S
+    closing: bool = field(default=False, init=False)
+    # Subscribers that stopped reading and were ended, and streams sent back to the
+    # database after their queue overflowed, since start (operators' counters).
+    cut_off: int = field(default=0, init=False)
+    fell_behind: int = field(default=0, init=False)
+    _per_principal: Counter[str | None] = field(default_factory=Counter, init=False)
+    _streams: set[Subscriber] = field(default_factory=set, init=False)
+    _enforcers: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    _messages: OrderedDict[tuple[uuid.UUID, str, int], Message] = field(
+        default_factory=OrderedDict, init=False
+    )
 
     # -- registry ---------------------------------------------------------------------
 
