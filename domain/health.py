@@ -162,6 +162,13 @@ def check_update_mask(field: str, paths: Iterable[str]) -> tuple[str, ...]:
     return tuple(chosen)
 
 
+# Active probes: each waits at most PROBE_TIMEOUT_S; due sources are looked for every
+# PROBE_POLL_S; at most PROBE_CONCURRENCY run at once (PLATFORM_ADMIN_PROBE_* change them).
+PROBE_TIMEOUT_S = 5.0
+PROBE_POLL_S = 1.0
+PROBE_CONCURRENCY = 32
+
+
 # --- probe allow-list (SSRF guard) ---------------------------------------------------------
 
 # Loopback and private networks: internal services, never link-local (cloud metadata at

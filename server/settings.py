@@ -13,7 +13,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TypedDict, TypeVar
 
-from domain.health import DEFAULT_ALLOWED_HOSTS, AllowList
+from domain.health import (
+    DEFAULT_ALLOWED_HOSTS,
+    PROBE_CONCURRENCY,
+    PROBE_POLL_S,
+    PROBE_TIMEOUT_S,
+    AllowList,
+)
 from storage.db import PoolSettings
 
 # The pool's defaults are storage's (storage/db.py PoolSettings); settings only name them.
@@ -304,9 +310,9 @@ class Settings:
     # Health prober (server/ops/prober.py). The allow-list guards against server-side request
     # forgery: entries are IP networks, host names or "*.suffix" patterns, "*" for anything.
     probe_allowed_hosts: tuple[str, ...] = DEFAULT_ALLOWED_HOSTS
-    probe_timeout_s: float = 5.0
-    probe_poll_s: float = 1.0
-    probe_concurrency: int = 32
+    probe_timeout_s: float = PROBE_TIMEOUT_S
+    probe_poll_s: float = PROBE_POLL_S
+    probe_concurrency: int = PROBE_CONCURRENCY
     probe_enabled: bool = True
     health_prune_interval_s: float = 3600.0
     # RecordCheckResult: at most one pushed result per source per this many seconds (0: no
@@ -416,9 +422,13 @@ class Settings:
             == "all",
             pool_max_waiting=_int(env, "PLATFORM_ADMIN_POOL_MAX_WAITING", 1000, 0, 1_000_000),
             probe_allowed_hosts=_allowed_hosts(env, "PLATFORM_ADMIN_PROBE_ALLOWED_HOSTS"),
-            probe_timeout_s=_float(env, "PLATFORM_ADMIN_PROBE_TIMEOUT_S", 5.0, 0.1, 60),
-            probe_poll_s=_float(env, "PLATFORM_ADMIN_PROBE_POLL_S", 1.0, 0.01, 60),
-            probe_concurrency=_int(env, "PLATFORM_ADMIN_PROBE_CONCURRENCY", 32, 1, 1000),
+            probe_timeout_s=_float(
+                env, "PLATFORM_ADMIN_PROBE_TIMEOUT_S", cls.probe_timeout_s, 0.1, 60
+            ),
+            probe_poll_s=_float(env, "PLATFORM_ADMIN_PROBE_POLL_S", cls.probe_poll_s, 0.01, 60),
+            probe_concurrency=_int(
+                env, "PLATFORM_ADMIN_PROBE_CONCURRENCY", cls.probe_concurrency, 1, 1000
+            ),
             probe_enabled=_choice(env, "PLATFORM_ADMIN_PROBE_ENABLED", "true", ("true", "false"))
             == "true",
             health_prune_interval_s=_float(

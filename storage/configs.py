@@ -342,13 +342,7 @@ async def history(
 # config_history is kept for 7 years (SPEC 3.6); pruned by `platform-admin prune`.
 HISTORY_RETENTION = timedelta(days=7 * 365 + 2)
 HISTORY_PRUNE_LOCK = 0x5041_4348_4953_0001
-_PRUNE_HISTORY = """
-DELETE FROM config_history
- WHERE id = ANY(ARRAY(SELECT id FROM config_history
-                       WHERE changed_at < %(before)s
-                       ORDER BY changed_at
-                       LIMIT %(limit)s))
-"""
+_PRUNE_HISTORY = retention.oldest_first("config_history", "changed_at")
 
 
 # Deletes history entries older than 7 years in batches (``older_than``, ``batch`` to change).

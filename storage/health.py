@@ -10,6 +10,7 @@ prunes results older than 30 days in batches under an advisory lock.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 from datetime import datetime
 from typing import Any
 
@@ -63,16 +64,16 @@ class SourceRow:
             self.consecutive_successes,
         )
 
+    def registered(self) -> dict[str, Any]:
+        """The fields the source was registered with (REGISTERED), by name: the event and
+        the API message name them alike."""
+        return {name: getattr(self, name) for name in REGISTERED}
+
     def source(self) -> HealthSource:
         """The full registration and status, as carried by its change events."""
         return HealthSource(
             id=with_prefix(HEALTH_SOURCE, self.id),
-            service_id=self.service_id,
-            health_url=self.health_url,
-            staleness_threshold_s=self.staleness_threshold_s,
-            check_interval_s=self.check_interval_s,
-            failure_threshold=self.failure_threshold,
-            success_threshold=self.success_threshold,
+            **self.registered(),
             status=Status(self.status) if self.status else None,
             status_time=self.status_since,
             version=self.version,
@@ -100,6 +101,10 @@ class Registration:
     success_threshold: int
 
 
+# What a source was registered with: its service_id and what an operator sets.
+REGISTERED = ("service_id", *(f.name for f in dataclass_fields(Registration)))
+
+
 @dataclass(frozen=True)
 class PlatformRow:
     """A source as GetPlatformHealth sees it, with the database clock for staleness."""
@@ -108,30 +113,23 @@ class PlatformRow:
     now: datetime
 
 
-_INSERT = """
+# Every column of a source, in SourceRow's order (the rows are read into it by name).
+_SOURCE = ", ".join(f.name for f in dataclass_fields(SourceRow))
+_INSERT = f"""
 INSERT INTO health_sources (id, service_id, health_url, staleness_threshold_s,
                             check_interval_s, failure_threshold, success_threshold)
 VALUES (%s, %s, %s, %s, %s, %s, %s)
-RETURNING id, service_id, health_url, last_heartbeat_at, staleness_threshold_s,
-          check_interval_s, failure_threshold, success_threshold, next_check_at, status,
-          status_since, consecutive_failures, consecutive_successes, last_check_at,
-          last_details, version, created_at, updated_at
+RETURNING {_SOURCE}
 """
-_GET = """
-SELECT id, service_id, health_url, last_heartbeat_at, staleness_threshold_s, check_interval_s,
-       failure_threshold, success_threshold, next_check_at, status, status_since,
-       consecutive_failures, consecutive_successes, last_check_at, last_details, version,
-       created_at, updated_at
+_GET = f"""
+SELECT {_SOURCE}
   FROM health_sources
  WHERE id = %s
 """
 _LOCK = _GET + " FOR UPDATE"
 _EXISTS = "SELECT 1 FROM health_sources WHERE id = %s"
-_LIST = """
-SELECT id, service_id, health_url, last_heartbeat_at, staleness_threshold_s, check_interval_s,
-       failure_threshold, success_threshold, next_check_at, status, status_since,
-       consecutive_failures, consecutive_successes, last_check_at, last_details, version,
-       created_at, updated_at
+_LIST = f"""
+SELECT {_SOURCE}
   FROM health_sources
  WHERE (%(after)s::text IS NULL OR service_id > %(after)s)
  ORDER BY service_id
@@ -139,34 +137,28 @@ SELECT id, service_id, health_url, last_heartbeat_at, staleness_threshold_s, che
 """
 # A changed interval takes effect at once: the next check is one new interval after now
 # at the latest.
-_UPDATE = """
+_UPDATE = f"""
 UPDATE health_sources
    SET health_url = %s, staleness_threshold_s = %s, check_interval_s = %s,
        failure_threshold = %s, success_threshold = %s,
        next_check_at = LEAST(next_check_at, now() + make_interval(secs => %s)),
        version = version + 1, updated_at = now()
  WHERE id = %s
-RETURNING id, service_id, health_url, last_heartbeat_at, staleness_threshold_s,
-          check_interval_s, failure_threshold, success_threshold, next_check_at, status,
-          status_since, consecutive_failures, consecutive_successes, last_check_at,
-          last_details, version, created_at, updated_at
+RETURNING {_SOURCE}
 """
 # Results go with the source (ON DELETE CASCADE), in this same statement's transaction.
 _DELETE = "DELETE FROM health_sources WHERE id = %s"
-_HEARTBEAT = """
+_HEARTBEAT = f"""
 UPDATE health_sources SET last_heartbeat_at = now()
  WHERE service_id = %s
-RETURNING id, service_id, health_url, last_heartbeat_at, staleness_threshold_s,
-          check_interval_s, failure_threshold, success_threshold, next_check_at, status,
-          status_since, consecutive_failures, consecutive_successes, last_check_at,
-          last_details, version, created_at, updated_at
+RETURNING {_SOURCE}
 """
 _INSERT_RESULT = """
 INSERT INTO health_check_results (id, source_id, status, details)
 VALUES (%s, %s, %s, %s)
 RETURNING id, source_id, status, checked_at, details
 """
-_APPLY_RESULT = """
+_APPLY_RESULT = f"""
 UPDATE health_sources
    SET status = %(status)s::varchar,
        status_since = CASE WHEN status IS DISTINCT FROM %(status)s::varchar THEN %(checked_at)s
@@ -174,10 +166,7 @@ UPDATE health_sources
        consecutive_failures = %(failures)s, consecutive_successes = %(successes)s,
        last_check_at = %(checked_at)s, last_details = %(details)s
  WHERE id = %(id)s
-RETURNING id, service_id, health_url, last_heartbeat_at, staleness_threshold_s,
-          check_interval_s, failure_threshold, success_threshold, next_check_at, status,
-          status_since, consecutive_failures, consecutive_successes, last_check_at,
-          last_details, version, created_at, updated_at
+RETURNING {_SOURCE}
 """
 # Newest first over ix_hcr_source_time (source_id, checked_at DESC); id breaks ties so the
 # keyset position is exact.
@@ -195,11 +184,8 @@ SELECT id, source_id, status, checked_at, details
 """
 # GetPlatformHealth reads the sources only: the latest result is kept on each source row,
 # so its cost does not grow with the result history.
-PLATFORM = """
-SELECT id, service_id, health_url, last_heartbeat_at, staleness_threshold_s, check_interval_s,
-       failure_threshold, success_threshold, next_check_at, status, status_since,
-       consecutive_failures, consecutive_successes, last_check_at, last_details, version,
-       created_at, updated_at, now() AS db_now
+PLATFORM = f"""
+SELECT {_SOURCE}, now() AS db_now
   FROM health_sources
  ORDER BY service_id
 """
@@ -215,13 +201,7 @@ UPDATE health_sources AS s
                  FOR UPDATE SKIP LOCKED)
 RETURNING s.id, s.service_id, s.health_url
 """
-_PRUNE = """
-DELETE FROM health_check_results
- WHERE id = ANY(ARRAY(SELECT id FROM health_check_results
-                       WHERE checked_at < %(before)s
-                       ORDER BY checked_at
-                       LIMIT %(limit)s))
-"""
+_PRUNE = retention.oldest_first("health_check_results", "checked_at")
 
 
 def _describe(source_id: str) -> str:

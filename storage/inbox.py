@@ -39,13 +39,7 @@ _GET = """
 SELECT id, subject, stream_seq, received_at, processed_at, outcome, last_error
   FROM inbox WHERE id = %s
 """
-_PRUNE = """
-DELETE FROM inbox
- WHERE id = ANY(ARRAY(SELECT id FROM inbox
-                       WHERE received_at < %(before)s
-                       ORDER BY received_at
-                       LIMIT %(limit)s))
-"""
+_PRUNE = retention.oldest_first("inbox", "received_at")
 
 
 @dataclass(frozen=True)

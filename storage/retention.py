@@ -16,17 +16,31 @@ from datetime import datetime, timedelta
 from typing import LiteralString
 
 import psycopg
+from psycopg import sql
 
 from storage.db import Database, try_xact_lock
 
 _NOW = "SELECT now()"
+_OLDEST_FIRST = sql.SQL("""
+DELETE FROM {table}
+ WHERE id = ANY(ARRAY(SELECT id FROM {table}
+                       WHERE {time} < %(before)s
+                       ORDER BY {time}
+                       LIMIT %(limit)s))
+""")
+
+
+def oldest_first(table: LiteralString, time_column: LiteralString) -> sql.Composed:
+    """The usual ``delete_sql``: one batch of ``table``'s rows older than the cut-off, by
+    ``time_column`` (which an index must lead with)."""
+    return _OLDEST_FIRST.format(table=sql.Identifier(table), time=sql.Identifier(time_column))
 
 
 async def prune_in_batches(
     db: Database,
     *,
     lock_id: int,
-    delete_sql: LiteralString,
+    delete_sql: LiteralString | sql.Composed,
     older_than: timedelta,
     batch: int,
     max_batches: int = 0,
@@ -62,7 +76,7 @@ class Retention:
     """One table's retention: its lock, its delete, how long rows stay, the batch size."""
 
     lock_id: int
-    delete_sql: LiteralString
+    delete_sql: LiteralString | sql.Composed
     keep: timedelta
     batch: int
 

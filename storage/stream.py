@@ -363,19 +363,19 @@ async def flag_snapshot_pages(
 ) -> AsyncIterator[SnapshotPage[FlagChanged]]:
     """Every flag (or those among ``keys``), one short read per page: no connection or
     transaction is held while the caller writes a page to a client."""
-    after: str | None = None
-    while True:
-        params = {"keys": list(keys) if keys else None, "after": after, "limit": page_size}
-        head_seq, rows, unsequenced = await _snapshot(db, _FLAG_PAGE, params, FlagRow)
-        changes = [r.event() for r in rows]
-        full = len(rows) == page_size
-        del rows  # only the page's events stay alive while the caller writes them
-        last = flag_position(changes[-1]) if full else None
-        yield SnapshotPage(head_seq, changes, last, unsequenced)
-        if not full:
-            return
-        after = changes[-1].key
-        del changes
+
+    def params(after: Position | None) -> dict[str, Any]:
+        return {
+            "keys": list(keys) if keys else None,
+            "after": after[0] if after else None,
+            "limit": page_size,
+        }
+
+    async for page in _pages(db, _FLAG_PAGE, FlagRow, params, flag_position, page_size):
+        yield page
+
+
+_AFTER_CONFIG = ("after_key", "after_scope", "after_tenant", "after_node")
 
 
 async def config_snapshot_pages(
@@ -387,30 +387,39 @@ async def config_snapshot_pages(
 ) -> AsyncIterator[SnapshotPage[ConfigChanged]]:
     """:func:`flag_snapshot_pages` for config rows (a tenant-scoped caller: PLATFORM rows and
     its own tenant's)."""
-    after: Position | None = None
-    while True:
-        params: dict[str, Any] = {
+
+    def params(after: Position | None) -> dict[str, Any]:
+        return {
             "keys": list(keys) if keys else None,
             "tenant_only": tenant_only,
             "tenant_id": tenant_id,
             "limit": page_size,
+            **dict(zip(_AFTER_CONFIG, after or (None,) * len(_AFTER_CONFIG), strict=True)),
         }
-        params.update(
-            dict(
-                zip(("after_key", "after_scope", "after_tenant", "after_node"), after, strict=True)
-            )
-            if after
-            else {"after_key": None, "after_scope": None, "after_tenant": None, "after_node": None}
-        )
-        head_seq, rows, unsequenced = await _snapshot(db, _CONFIG_PAGE, params, ConfigRow)
-        changes = [r.event() for r in rows]
+
+    async for page in _pages(db, _CONFIG_PAGE, ConfigRow, params, config_position, page_size):
+        yield page
+
+
+async def _pages(
+    db: Database,
+    query: LiteralString,
+    row: type[FlagRow] | type[ConfigRow],
+    params: Callable[[Position | None], dict[str, Any]],
+    position: Callable[[C], Position],
+    page_size: int,
+) -> AsyncIterator[SnapshotPage[C]]:
+    """Keyset pages of ``query`` (``params(after)`` names the page), each as of its own head."""
+    after: Position | None = None
+    while True:
+        head_seq, rows, unsequenced = await _snapshot(db, query, params(after), row)
+        changes: list[C] = [r.event() for r in rows]
         full = len(rows) == page_size
         del rows  # only the page's events stay alive while the caller writes them
-        last = config_position(changes[-1]) if full else None
-        yield SnapshotPage(head_seq, changes, last, unsequenced)
-        if not full:
+        after = position(changes[-1]) if full else None
+        yield SnapshotPage(head_seq, changes, after, unsequenced)
+        if after is None:
             return
-        after = last
         del changes
 
 

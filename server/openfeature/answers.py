@@ -27,14 +27,13 @@ from domain.errors import InvalidArgument, NotFound
 from domain.flags import Reason
 from domain.text import has_control
 from server.changes.read_model import ReadModel
+from server.openfeature.codes import ErrorCode
 from server.openfeature.context import Target, missing_tenant
 
 CONFIG_PREFIX = "config:"
 TARGETING_MATCH = "TARGETING_MATCH"
 DEFAULT = "DEFAULT"
 DISABLED = "DISABLED"
-FLAG_NOT_FOUND = "FLAG_NOT_FOUND"
-TYPE_MISMATCH = "TYPE_MISMATCH"
 ON, OFF = "on", "off"
 _SHOWN_KEY = 100
 
@@ -73,14 +72,14 @@ def shown(key: str) -> str:
 
 
 def flag_not_found(key: str) -> NotFound:
-    return NotFound(f"flag {shown(key)} does not exist", reason=FLAG_NOT_FOUND)
+    return NotFound(f"flag {shown(key)} does not exist", reason=ErrorCode.FLAG_NOT_FOUND)
 
 
 def type_mismatch(key: str, actual: Kind, wanted: Kind) -> InvalidArgument:
     error = InvalidArgument.field(
         "flag_key", f"{shown(key)} is a {actual} flag; it cannot be resolved as {wanted}"
     )
-    error.reason = TYPE_MISMATCH
+    error.reason = ErrorCode.TYPE_MISMATCH
     return error
 
 

@@ -11,22 +11,19 @@ A tenant admin may only ask about its own tenant, as on platform_admin.v1.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from domain.config_keys import check_node_id
 from domain.errors import InvalidArgument, PermissionDenied
 from domain.ids import check_ulid
+from server.openfeature.codes import ErrorCode
 from server.security import principal as principal_ctx
 
 TENANT_ATTRIBUTE = "tenantId"
 TARGETING_KEY = "targetingKey"
 NODE_ATTRIBUTE = "nodeId"
-
-# ErrorInfo reasons, named as the OpenFeature error codes they become.
-INVALID_CONTEXT = "INVALID_CONTEXT"
-TARGETING_KEY_MISSING = "TARGETING_KEY_MISSING"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +35,7 @@ class Target:
 
 
 def context_error(
-    attribute: str, description: str, reason: str = INVALID_CONTEXT
+    attribute: str, description: str, reason: str = ErrorCode.INVALID_CONTEXT
 ) -> InvalidArgument:
     error = InvalidArgument.field(attribute, description)
     error.reason = reason
@@ -49,7 +46,7 @@ def missing_tenant() -> InvalidArgument:
     return context_error(
         TENANT_ATTRIBUTE,
         f"is required for flags: set {TENANT_ATTRIBUTE} or {TARGETING_KEY} to the tenant's ULID",
-        TARGETING_KEY_MISSING,
+        ErrorCode.TARGETING_KEY_MISSING,
     )
 
 
@@ -61,6 +58,15 @@ def _string(attribute: str, value: Any) -> str | None:
     return value
 
 
+def _checked(check: Callable[[str, str], str], attribute: str, value: str) -> str:
+    """``check(attribute, value)``, its refusal reported as OpenFeature's INVALID_CONTEXT."""
+    try:
+        return check(attribute, value)
+    except InvalidArgument as exc:
+        exc.reason = ErrorCode.INVALID_CONTEXT
+        raise
+
+
 def target_of(context: Mapping[str, Any]) -> Target:
     """The tenant and node ``context`` names; INVALID_ARGUMENT naming the bad attribute."""
     attribute = TENANT_ATTRIBUTE
@@ -68,20 +74,10 @@ def target_of(context: Mapping[str, Any]) -> Target:
     if raw is None:
         attribute = TARGETING_KEY
         raw = _string(TARGETING_KEY, context.get(TARGETING_KEY))
-    tenant = None
-    if raw is not None:
-        try:
-            tenant = check_ulid(attribute, raw)
-        except InvalidArgument as exc:
-            exc.reason = INVALID_CONTEXT
-            raise
+    tenant = None if raw is None else _checked(check_ulid, attribute, raw)
     node = _string(NODE_ATTRIBUTE, context.get(NODE_ATTRIBUTE))
     if node is not None:
-        try:
-            node = check_node_id(NODE_ATTRIBUTE, node)
-        except InvalidArgument as exc:
-            exc.reason = INVALID_CONTEXT
-            raise
+        node = _checked(check_node_id, NODE_ATTRIBUTE, node)
     who = principal_ctx.current()
     if who.is_tenant_scoped and tenant != who.tenant_id:
         raise PermissionDenied("tenant admins may evaluate for their own tenant only")

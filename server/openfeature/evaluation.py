@@ -39,7 +39,7 @@ from server.openfeature.context import (
     target_of,
 )
 from server.openfeature.streams import Streams, stream_lost
-from server.rpc.encoded import SUFFIX, encoded
+from server.rpc.encoded import SUFFIX, decoded, encoded
 
 KEEP_ALIVE_S = 20.0
 _CACHE_LIMIT = 50_000
@@ -188,12 +188,8 @@ def _resolver(rpc: str, kind: Kind, response_type: Any) -> tuple[Callable[..., A
     async def twin(self: _FlagdServicer, request: Any, context: grpc.aio.ServicerContext) -> bytes:
         return self.shared.resolve(request, kind, response_type)
 
-    async def method(self: _FlagdServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return response_type.FromString(await twin(self, request, context))
-
-    method.__name__ = method.__qualname__ = rpc
     twin.__name__ = twin.__qualname__ = rpc + SUFFIX
-    return method, twin
+    return decoded(rpc, response_type), twin
 
 
 S = TypeVar("S", bound=type[_FlagdServicer])

@@ -35,8 +35,9 @@ from domain.errors import (
     Unavailable,
 )
 from server.http.auth import metadata_of
-from server.openfeature.answers import FLAG_NOT_FOUND, TYPE_MISMATCH, Answer, shown
-from server.openfeature.context import INVALID_CONTEXT, TARGETING_KEY_MISSING, target_of
+from server.openfeature.answers import Answer, shown
+from server.openfeature.codes import ErrorCode
+from server.openfeature.context import target_of
 
 if TYPE_CHECKING:
     from server.app import App
@@ -45,9 +46,16 @@ if TYPE_CHECKING:
 EVALUATE_FLAG = "/ofrep.v1.OFREP/EvaluateFlag"
 EVALUATE_BULK = "/ofrep.v1.OFREP/EvaluateFlagsBulk"
 PREFIX = "/ofrep/v1/evaluate/flags"
-PARSE_ERROR = "PARSE_ERROR"
-GENERAL = "GENERAL"
 DISABLED_VARIANT = "disabled"
+# The codes a 400 may carry; any other invalid argument is the context's fault.
+_BAD_REQUEST_CODES = frozenset(
+    (
+        ErrorCode.TYPE_MISMATCH,
+        ErrorCode.INVALID_CONTEXT,
+        ErrorCode.TARGETING_KEY_MISSING,
+        ErrorCode.PARSE_ERROR,
+    )
+)
 RETRY_AFTER_S = "1"
 # Bulk answers kept (one per tenant and node asked about; about 100 kB each for 1,000
 # flags, so a full cache is some tens of MB); a full cache starts over.
@@ -57,7 +65,7 @@ _JSON = "application/json"
 
 def _parse_error(description: str) -> InvalidArgument:
     error = InvalidArgument.field("body", description)
-    error.reason = PARSE_ERROR
+    error.reason = ErrorCode.PARSE_ERROR
     return error
 
 
@@ -87,18 +95,19 @@ def error_answer(error: DomainError, key: str | None = None) -> web.Response:
     if isinstance(error, ResourceExhausted):
         return web.Response(status=429, headers={"Retry-After": RETRY_AFTER_S})
     body: dict[str, Any] = {} if key is None else {"key": shown(key)}
-    if isinstance(error, NotFound) and error.reason == FLAG_NOT_FOUND:
-        status, code = 404, FLAG_NOT_FOUND
+    code: str
+    if isinstance(error, NotFound) and error.reason == ErrorCode.FLAG_NOT_FOUND:
+        status, code = 404, ErrorCode.FLAG_NOT_FOUND
     elif isinstance(error, InvalidArgument):
         status = 400
         code = error.reason
-        if code not in (TYPE_MISMATCH, INVALID_CONTEXT, TARGETING_KEY_MISSING, PARSE_ERROR):
-            code = INVALID_CONTEXT
+        if code not in _BAD_REQUEST_CODES:
+            code = ErrorCode.INVALID_CONTEXT
     elif isinstance(error, Unavailable):
-        body.update(errorCode=GENERAL, errorDetails=error.message)
+        body.update(errorCode=ErrorCode.GENERAL, errorDetails=error.message)
         return _json(body, 503, {"Retry-After": RETRY_AFTER_S})
     else:
-        body.update(errorCode=GENERAL, errorDetails="internal error")
+        body.update(errorCode=ErrorCode.GENERAL, errorDetails="internal error")
         return _json(body, 500)
     body.update(errorCode=code, errorDetails=error.message)
     return _json(body, status)
@@ -125,7 +134,7 @@ async def _context(request: web.Request) -> dict[str, Any]:
         return {}
     if not isinstance(context, dict):
         error = InvalidArgument.field("context", "must be a JSON object")
-        error.reason = INVALID_CONTEXT
+        error.reason = ErrorCode.INVALID_CONTEXT
         raise error
     return context
 

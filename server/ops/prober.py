@@ -50,9 +50,9 @@ _REDIRECTS = (301, 302, 303, 307, 308)
 @dataclass(frozen=True)
 class ProberConfig:
     allow_list: AllowList
-    timeout_s: float = 5.0
-    poll_interval_s: float = 1.0
-    concurrency: int = 32
+    timeout_s: float = rules.PROBE_TIMEOUT_S
+    poll_interval_s: float = rules.PROBE_POLL_S
+    concurrency: int = rules.PROBE_CONCURRENCY
     max_body_bytes: int = MAX_BODY_BYTES
 
     @classmethod

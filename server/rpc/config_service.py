@@ -28,8 +28,9 @@ from server.rpc.convert import (
     value_from_proto,
     value_to_proto,
 )
-from server.rpc.encoded import encoded
+from server.rpc.encoded import decoded, encoded
 from server.rpc.read_your_writes import ReadYourWrites
+from server.rpc.watch import served_by
 from server.security import principal as principal_ctx
 from storage import configs
 from storage.configs import HistoryRow
@@ -233,12 +234,7 @@ class ConfigServicer(ReadYourWrites[ConfigWatch], config_pb2_grpc.ConfigServiceS
             source_scope=source_scope_to_proto(scope),
         )
 
-    async def ResolveConfigs(
-        self, request: config_pb2.ResolveConfigsRequest, context: grpc.aio.ServicerContext
-    ) -> config_pb2.ResolveConfigsResponse:
-        """The answer as a message; over gRPC its encoded twin below serves the call."""
-        encoded_answer = await self.ResolveConfigsEncoded(request, context)
-        return config_pb2.ResolveConfigsResponse.FromString(encoded_answer)
+    ResolveConfigs = decoded("ResolveConfigs", config_pb2.ResolveConfigsResponse)
 
     @encoded
     async def ResolveConfigsEncoded(
@@ -293,8 +289,6 @@ class ConfigServicer(ReadYourWrites[ConfigWatch], config_pb2_grpc.ConfigServiceS
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[config_pb2.WatchConfigsResponse]:
         # The stream mechanism is shared with WatchFlags (server/rpc/watch.py).
-        if self.watch is None:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "WatchConfigs is not available")
-            return
-        async for message in self.watch.WatchConfigs(request, context):
+        handler = None if self.watch is None else self.watch.WatchConfigs
+        async for message in served_by(handler, "WatchConfigs", request, context):
             yield message

@@ -11,7 +11,7 @@ RPC with the twin when there is one, with a serializer that sends bytes as they 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -22,6 +22,21 @@ SUFFIX = "Encoded"
 def encoded(method: F) -> F:
     """Marks ``<Rpc>Encoded``: the bytes-returning twin of the servicer method ``<Rpc>``."""
     setattr(method, _MARK, True)
+    return method
+
+
+def decoded(rpc: str, response_type: Any) -> Callable[..., Awaitable[Any]]:
+    """The servicer method ``rpc``: the message its ``@encoded`` twin's bytes decode to.
+
+    Assigned in the class body (``EvaluateFlags = decoded("EvaluateFlags", ...)``) beside
+    the twin ``<rpc>Encoded``, which does the work; over gRPC the pipeline serves the twin.
+    """
+    twin_name = rpc + SUFFIX
+
+    async def method(self: Any, request: Any, context: Any) -> Any:
+        return response_type.FromString(await getattr(self, twin_name)(request, context))
+
+    method.__name__ = method.__qualname__ = rpc
     return method
 
 

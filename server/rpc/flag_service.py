@@ -21,8 +21,9 @@ from domain.events import FlagChanged
 from domain.flags import Override
 from domain.ids import check_ulid
 from server.rpc.convert import REASON_TO_PROTO, evaluation_to_proto, flag_to_proto
-from server.rpc.encoded import encoded
+from server.rpc.encoded import decoded, encoded
 from server.rpc.read_your_writes import ReadYourWrites
+from server.rpc.watch import served_by
 from server.security import principal as principal_ctx
 from storage import flags
 
@@ -175,12 +176,7 @@ class FlagServicer(ReadYourWrites[FlagWatch], flag_pb2_grpc.FlagServiceServicer)
             enabled=evaluation.enabled, reason=REASON_TO_PROTO[evaluation.reason]
         )
 
-    async def EvaluateFlags(
-        self, request: flag_pb2.EvaluateFlagsRequest, context: grpc.aio.ServicerContext
-    ) -> flag_pb2.EvaluateFlagsResponse:
-        """The answer as a message; over gRPC its encoded twin below serves the call."""
-        encoded_answer = await self.EvaluateFlagsEncoded(request, context)
-        return flag_pb2.EvaluateFlagsResponse.FromString(encoded_answer)
+    EvaluateFlags = decoded("EvaluateFlags", flag_pb2.EvaluateFlagsResponse)
 
     @encoded
     async def EvaluateFlagsEncoded(
@@ -216,8 +212,6 @@ class FlagServicer(ReadYourWrites[FlagWatch], flag_pb2_grpc.FlagServiceServicer)
     async def WatchFlags(
         self, request: flag_pb2.WatchFlagsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[flag_pb2.WatchFlagsResponse]:
-        if self.watch is None:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "WatchFlags is not available")
-            return
-        async for message in self.watch.WatchFlags(request, context):
+        handler = None if self.watch is None else self.watch.WatchFlags
+        async for message in served_by(handler, "WatchFlags", request, context):
             yield message

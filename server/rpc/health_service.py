@@ -77,12 +77,7 @@ def from_struct(struct: Struct) -> dict[str, Any]:
 def source_to_proto(row: SourceRow) -> health_pb2.HealthSource:
     return health_pb2.HealthSource(
         id=with_prefix(HEALTH_SOURCE, row.id),
-        service_id=row.service_id,
-        health_url=row.health_url,
-        staleness_threshold_s=row.staleness_threshold_s,
-        check_interval_s=row.check_interval_s,
-        failure_threshold=row.failure_threshold,
-        success_threshold=row.success_threshold,
+        **row.registered(),
         last_heartbeat_time=timestamp(row.last_heartbeat_at),
         status=_status(row.status),
         status_time=timestamp(row.status_since),

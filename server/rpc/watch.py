@@ -105,6 +105,24 @@ class Subscriber:
     ended: DomainError | None = None
 
 
+Q = TypeVar("Q")
+M = TypeVar("M")
+
+
+async def served_by(
+    handler: Callable[[Q, grpc.aio.ServicerContext], AsyncIterator[M]] | None,
+    rpc: str,
+    request: Q,
+    context: grpc.aio.ServicerContext,
+) -> AsyncIterator[M]:
+    """The stream ``handler`` serves; UNIMPLEMENTED where the server runs no watch."""
+    if handler is None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{rpc} is not available")
+        return
+    async for message in handler(request, context):
+        yield message
+
+
 @dataclass(eq=False)
 class Watch:
     """The registry of open streams and the two stream handlers."""
