@@ -21,10 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import jwt
 import psycopg
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from psycopg.conninfo import make_conninfo
 
+from domain.ids import new_ulid
 from storage.db import PoolSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,10 +159,11 @@ def start_service(
         "PLATFORM_ADMIN_NATS_URL": nats_url,
         # Its own HTTP port: the default one would be shared by every bench server.
         "PLATFORM_ADMIN_HTTP_LISTEN": f"127.0.0.1:{free_port()}",
-        **(settings or {}),
     }
+    # Keys from the caller's environment never leak in; ``settings`` may set one (ES256Auth).
     for name in ("PLATFORM_ADMIN_JWT_SECRET", "PLATFORM_ADMIN_JWT_PUBLIC_KEY_FILE"):
         env.pop(name, None)
+    env.update(settings or {})
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [*pinned_to(cpu), str(BIN / "platform-admin"), "serve"],
@@ -175,6 +180,36 @@ def start_service(
         say(log_path.read_text(errors="replace")[-3000:])
         raise
     return proc
+
+
+@dataclass(frozen=True)
+class ES256Auth:
+    """Authentication as deployed: the service verifies ES256 tokens with ``settings``'
+    public key; ``token`` is a service token signed with the private one."""
+
+    settings: dict[str, str]
+    token: str
+
+    @classmethod
+    def create(cls, workdir: Path) -> ES256Auth:
+        key = ec.generate_private_key(ec.SECP256R1())
+        public = workdir / "bench-es256-public.pem"
+        public.write_bytes(
+            key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+        )
+        now = int(time.time())
+        claims = {
+            "sub": new_ulid(),
+            "roles": ["service"],
+            "service_id": "bench",
+            "aud": "platform-admin",
+            "iat": now,
+            "exp": now + 3 * 3600,
+        }
+        return cls(
+            {"PLATFORM_ADMIN_AUTH": "jwt", "PLATFORM_ADMIN_JWT_PUBLIC_KEY_FILE": str(public)},
+            jwt.encode(claims, key, algorithm="ES256"),
+        )
 
 
 def start_empty(workdir: Path, cpu: int | None = None) -> Proc:

@@ -26,6 +26,7 @@ the PostgreSQL server (a database of its own is created and dropped).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import shutil
@@ -47,6 +48,8 @@ from psycopg.types.json import Jsonb
 from bench.harness import (
     PINNED,
     POOL_MAX,
+    ROOT,
+    ES256Auth,
     bench_server_url,
     cpu_seconds,
     free_port,
@@ -181,6 +184,7 @@ def h2load(
     workdir: Path,
     pin: bool = True,
     pid: int | None = None,
+    token: str = "",
 ) -> Result:
     clients = min(concurrency, 16)
     streams = max(1, concurrency // clients)
@@ -202,6 +206,7 @@ def h2load(
         "content-type: application/grpc",
         "-H",
         "te: trailers",
+        *(["-H", f"authorization: Bearer {token}"] if token else []),
         "-d",
         str(body_file),
         "--log-file",
@@ -232,6 +237,42 @@ def h2load(
     if cpu is not None and rps:
         # Warm-up calls ran at about the measured rate and used CPU too.
         result.cpu_us = cpu / (rps * (SECONDS + WARM_UP)) * 1e6
+    return result
+
+
+def aio_load(
+    port: int, path: str, request: Any, concurrency: int, pid: int, token: str = ""
+) -> Result:
+    """The same cell through a grpc.aio client (bench/loadgen.py), pinned where h2load is."""
+    body_file = Path(tempfile.gettempdir()) / f"pa-bench-body-{os.getpid()}.bin"
+    body_file.write_bytes(request.SerializeToString())
+    args = [
+        *pinned_to(1),
+        sys.executable,
+        "-m",
+        "bench.loadgen",
+        str(port),
+        path,
+        str(body_file),
+        str(concurrency),
+        str(SECONDS),
+        str(WARM_UP),
+        *([token] if token else []),
+    ]
+    cpu_before = cpu_seconds(pid)
+    done = subprocess.run(
+        args, capture_output=True, text=True, timeout=SECONDS + 60, check=False, cwd=ROOT
+    )
+    cpu = cpu_seconds(pid) - cpu_before
+    body_file.unlink(missing_ok=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"loadgen failed: {done.stdout}\n{done.stderr}")
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    result = Result(
+        figures["rps"], figures["p50_ms"], figures["p99_ms"], figures["calls"], figures["failed"]
+    )
+    if result.rps:
+        result.cpu_us = cpu / (result.rps * (SECONDS + WARM_UP)) * 1e6
     return result
 
 
@@ -539,25 +580,58 @@ def usable(port: int, path: str, request: Any, response_type: Any, check: Any) -
 Row = tuple[str, int, Result, Result | None]
 
 
+# The cells measured with the grpc.aio client too (at the highest concurrency).
+AIO_ROWS = ("EvaluateFlag", "ResolveConfig")
+
+
 def bench_reads(url: str, workdir: Path) -> list[Row]:
+    """Every read cell with authentication off and on (ES256, as deployed), beside the same
+    empty handler; AIO_ROWS also through a grpc.aio client."""
     rows: list[Row] = []
+    auth = ES256Auth.create(workdir)
     service = start_service(url, workdir, cpu=0)
+    secured = start_service(url, workdir, cpu=0, settings=auth.settings)
     empty = start_empty(workdir, cpu=0)
+    servers = ((service, "", ""), (secured, auth.token, " · auth on"))
     try:
         for label, path, request, response_type, check in read_rows():
             if not usable(service.port, path, request, response_type, check):
                 say(f"{label}: not served yet, skipped")
                 continue
             body = frame(request)
-            for c in CONCURRENCY:
+            for server, token, suffix in servers:
+                for c in CONCURRENCY:
+                    ours, base = paired(
+                        lambda: h2load(
+                            server.port,  # noqa: B023
+                            path,  # noqa: B023
+                            body,  # noqa: B023
+                            c,  # noqa: B023
+                            workdir,
+                            pid=server.process.pid,  # noqa: B023
+                            token=token,  # noqa: B023
+                        ),
+                        lambda: h2load(empty.port, path, body, c, workdir, pid=empty.process.pid),  # noqa: B023
+                    )
+                    say(f"{label}{suffix} c={c}: {ours.rps:,.0f} vs {base.rps:,.0f} RPC/s")
+                    if ours.failed:
+                        raise RuntimeError(f"{label}{suffix}: {ours.failed} calls failed")
+                    rows.append((label + suffix, c, ours, base))
+            if label not in AIO_ROWS:
+                continue
+            c = CONCURRENCY[-1]
+            for server, token, suffix in servers:
                 ours, base = paired(
-                    lambda: h2load(service.port, path, body, c, workdir, pid=service.process.pid),  # noqa: B023
-                    lambda: h2load(empty.port, path, body, c, workdir, pid=empty.process.pid),  # noqa: B023
+                    lambda: aio_load(server.port, path, request, c, server.process.pid, token),  # noqa: B023
+                    lambda: aio_load(empty.port, path, request, c, empty.process.pid),  # noqa: B023
                 )
-                say(f"{label} c={c}: {ours.rps:,.0f} vs {base.rps:,.0f} RPC/s")
-                rows.append((label, c, ours, base))
+                say(f"{label} (aio client){suffix} c={c}: {ours.rps:,.0f} vs {base.rps:,.0f}")
+                if ours.failed:
+                    raise RuntimeError(f"{label} (aio client){suffix}: {ours.failed} failed")
+                rows.append((f"{label} (aio client){suffix}", c, ours, base))
     finally:
         service.stop()
+        secured.stop()
         empty.stop()
     return rows
 
