@@ -9,7 +9,10 @@ What it does (a few minutes in all):
    over h2c with a framed request body against ``platform-admin serve`` (one worker) and,
    right after, against bench/empty_server.py (empty handlers on an identical grpc.aio
    server). Both servers are pinned to CPU 0 and h2load to CPU 1 when the machine has two
-   or more CPUs, so the two measurements compete for the same resources.
+   or more CPUs, so the two measurements compete for the same resources. Every read cell
+   runs with authentication off and on (a second service verifying ES256 service tokens,
+   as deployed: rows marked "auth on"), and EvaluateFlag / ResolveConfig at the highest
+   concurrency also through a grpc.aio client (bench/loadgen.py), how services call it.
 3. Writes (SetConfig, SetTenantOverride): a grpc.aio client sends pre-serialized requests,
    each changing a value, and the baseline issues the same SQL transaction straight
    through psycopg with a pool of the same size, at the same concurrency.
