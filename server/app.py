@@ -195,9 +195,7 @@ class App:
 
     async def start(self) -> int:
         await self.db.open(wait=False)
-        server = grpc.aio.server(
-            interceptors=[self.pipeline], options=server_options(self.reuse_port)
-        )
+        server = self.pipeline.guard(grpc.aio.server(options=server_options(self.reuse_port)))
         config_pb2_grpc.add_ConfigServiceServicer_to_server(self.config_servicer, server)
         flag_pb2_grpc.add_FlagServiceServicer_to_server(self.flag_servicer, server)
         health_api_pb2_grpc.add_HealthServiceServicer_to_server(self.health_servicer, server)

@@ -28,7 +28,7 @@ from server.rpc.convert import (
     value_from_proto,
     value_to_proto,
 )
-from server.rpc.encoded import decoded, encoded
+from server.rpc.encoded import decoded, decoded_stream, encoded
 from server.rpc.read_your_writes import ReadYourWrites
 from server.rpc.watch import served_by
 from server.security import principal as principal_ctx
@@ -111,7 +111,7 @@ class ConfigWatch(Protocol):
 
     def WatchConfigs(
         self, request: config_pb2.WatchConfigsRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[config_pb2.WatchConfigsResponse]: ...
+    ) -> AsyncIterator[config_pb2.WatchConfigsResponse | bytes]: ...
 
 
 class ConfigServicer(ReadYourWrites[ConfigWatch], config_pb2_grpc.ConfigServiceServicer):
@@ -283,12 +283,14 @@ class ConfigServicer(ReadYourWrites[ConfigWatch], config_pb2_grpc.ConfigServiceS
             ),
         )
 
-    async def WatchConfigs(
+    @encoded
+    def WatchConfigsEncoded(
         self,
         request: config_pb2.WatchConfigsRequest,
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[config_pb2.WatchConfigsResponse]:
-        # The stream mechanism is shared with WatchFlags (server/rpc/watch.py).
+    ) -> AsyncIterator[config_pb2.WatchConfigsResponse | bytes]:
+        """The stream as served (shared with WatchFlags: server/rpc/watch.py)."""
         handler = None if self.watch is None else self.watch.WatchConfigs
-        async for message in served_by(handler, "WatchConfigs", request, context):
-            yield message
+        return served_by(handler, "WatchConfigs", request, context)
+
+    WatchConfigs = decoded_stream("WatchConfigs", config_pb2.WatchConfigsResponse)

@@ -11,7 +11,7 @@ RPC with the twin when there is one, with a serializer that sends bytes as they 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -35,6 +35,18 @@ def decoded(rpc: str, response_type: Any) -> Callable[..., Awaitable[Any]]:
 
     async def method(self: Any, request: Any, context: Any) -> Any:
         return response_type.FromString(await getattr(self, twin_name)(request, context))
+
+    method.__name__ = method.__qualname__ = rpc
+    return method
+
+
+def decoded_stream(rpc: str, response_type: Any) -> Callable[..., AsyncIterator[Any]]:
+    """:func:`decoded` for a server stream: its twin yields messages or encoded bytes."""
+    twin_name = rpc + SUFFIX
+
+    async def method(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
+        async for item in getattr(self, twin_name)(request, context):
+            yield response_type.FromString(item) if item.__class__ is bytes else item
 
     method.__name__ = method.__qualname__ = rpc
     return method

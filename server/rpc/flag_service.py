@@ -21,7 +21,7 @@ from domain.events import FlagChanged
 from domain.flags import Override
 from domain.ids import check_ulid
 from server.rpc.convert import REASON_TO_PROTO, evaluation_to_proto, flag_to_proto
-from server.rpc.encoded import decoded, encoded
+from server.rpc.encoded import decoded, decoded_stream, encoded
 from server.rpc.read_your_writes import ReadYourWrites
 from server.rpc.watch import served_by
 from server.security import principal as principal_ctx
@@ -41,7 +41,7 @@ class FlagWatch(Protocol):
 
     def WatchFlags(
         self, request: flag_pb2.WatchFlagsRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[flag_pb2.WatchFlagsResponse]: ...
+    ) -> AsyncIterator[flag_pb2.WatchFlagsResponse | bytes]: ...
 
 
 def _evaluation_tenant(tenant_id: str) -> str:
@@ -209,9 +209,12 @@ class FlagServicer(ReadYourWrites[FlagWatch], flag_pb2_grpc.FlagServiceServicer)
                 response.evaluations[key].CopyFrom(evaluation_to_proto(row.evaluate(tenant)))
         return response.SerializeToString()
 
-    async def WatchFlags(
+    @encoded
+    def WatchFlagsEncoded(
         self, request: flag_pb2.WatchFlagsRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[flag_pb2.WatchFlagsResponse]:
+    ) -> AsyncIterator[flag_pb2.WatchFlagsResponse | bytes]:
+        """The stream as served: change messages come encoded (server/rpc/watch.py)."""
         handler = None if self.watch is None else self.watch.WatchFlags
-        async for message in served_by(handler, "WatchFlags", request, context):
-            yield message
+        return served_by(handler, "WatchFlags", request, context)
+
+    WatchFlags = decoded_stream("WatchFlags", flag_pb2.WatchFlagsResponse)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import grpc
@@ -111,21 +111,34 @@ class Pipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         ]
         self._cache: dict[str, grpc.RpcMethodHandler] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        method = handler_call_details.method
+    def guard(self, server: grpc.aio.Server) -> GuardedServer:
+        """``server`` as the App registers on it: every handler runs in this pipeline."""
+        return GuardedServer(server, self)
+
+    def handler_for(
+        self, method: str, handler: grpc.RpcMethodHandler | None
+    ) -> grpc.RpcMethodHandler | None:
+        """``handler`` wrapped in the pipeline (public methods as they are), once per method."""
         cached = self._cache.get(method)
         if cached is not None:
             return cached
-        handler = await continuation(handler_call_details)
         if handler is None or method.startswith(PUBLIC_PREFIXES):
             return handler
         wrapped = self._wrap(method, handler)
         self._cache[method] = wrapped
         return wrapped
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        """As an interceptor (a bare server in tests); the App uses :meth:`guard`."""
+        method = handler_call_details.method
+        cached = self._cache.get(method)
+        if cached is not None:
+            return cached
+        return self.handler_for(method, await continuation(handler_call_details))
 
     def _start(self, method: str) -> float:
         for starter in self._starters:
@@ -252,7 +265,8 @@ class Pipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             )
 
         if handler.unary_stream is not None:
-            inner_stream = handler.unary_stream
+            # A watch stream's twin yields each change encoded once for every stream.
+            inner_stream = twin_of(handler.unary_stream) or handler.unary_stream
 
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 started = self._start(method)
@@ -283,9 +297,52 @@ class Pipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return grpc.unary_stream_rpc_method_handler(
                 stream,
                 request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                response_serializer=passing_bytes(handler.response_serializer),
             )
         return _denied(method, handler)
+
+
+class _Guarded(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """A generic handler whose every method runs in the pipeline."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, pipeline: Pipeline) -> None:
+        self._inner = inner
+        self._pipeline = pipeline
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        method = handler_call_details.method
+        return self._pipeline.handler_for(method, self._inner.service(handler_call_details))
+
+
+class GuardedServer:
+    """A grpc.aio server whose handlers are wrapped in the pipeline as they are registered.
+
+    Wrapping at registration rather than through a ServerInterceptor: an interceptor is
+    awaited on every call before the handler runs, and registered methods (the generated
+    ``add_*_to_server`` registers them) would need that lookup too. Everything else is
+    the server's own. The App holds only this object, so nothing registers around it.
+    """
+
+    def __init__(self, server: grpc.aio.Server, pipeline: Pipeline) -> None:
+        self._server = server
+        self._pipeline = pipeline
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(tuple(_Guarded(h, self._pipeline) for h in handlers))
+
+    def add_registered_method_handlers(
+        self, service_name: str, method_handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self._server.add_registered_method_handlers(
+            service_name,
+            {
+                name: self._pipeline.handler_for(f"/{service_name}/{name}", handler)
+                for name, handler in method_handlers.items()
+            },
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
 
 
 def _denied(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:

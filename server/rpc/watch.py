@@ -109,18 +109,22 @@ Q = TypeVar("Q")
 M = TypeVar("M")
 
 
-async def served_by(
+def served_by(
     handler: Callable[[Q, grpc.aio.ServicerContext], AsyncIterator[M]] | None,
     rpc: str,
     request: Q,
     context: grpc.aio.ServicerContext,
 ) -> AsyncIterator[M]:
-    """The stream ``handler`` serves; UNIMPLEMENTED where the server runs no watch."""
+    """The stream ``handler`` serves (itself, not another generator around it: every
+    layer costs each delivery); UNIMPLEMENTED where the server runs no watch."""
     if handler is None:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{rpc} is not available")
-        return
-    async for message in handler(request, context):
-        yield message
+        return _unimplemented(rpc, context)
+    return handler(request, context)
+
+
+async def _unimplemented(rpc: str, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{rpc} is not available")
+    yield  # pragma: no cover  (a generator, as stream handlers are)
 
 
 @dataclass(eq=False)
@@ -142,7 +146,7 @@ class Watch:
     _per_principal: Counter[str | None] = field(default_factory=Counter, init=False)
     _streams: set[Subscriber] = field(default_factory=set, init=False)
     _enforcers: set[asyncio.Task[None]] = field(default_factory=set, init=False)
-    _messages: OrderedDict[tuple[uuid.UUID, str, int], Message] = field(
+    _messages: OrderedDict[tuple[uuid.UUID, str, int], bytes] = field(
         default_factory=OrderedDict, init=False
     )
 
@@ -230,9 +234,10 @@ class Watch:
 
     # -- the handlers -----------------------------------------------------------------
 
-    async def WatchFlags(
+    def WatchFlags(
         self, request: flag_pb2.WatchFlagsRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[flag_pb2.WatchFlagsResponse]:
+    ) -> AsyncIterator[flag_pb2.WatchFlagsResponse | bytes]:
+        """The stream (a change message as bytes, encoded once for every stream)."""
         keys = _checked_keys(request.keys, check_key)
 
         def accept(event: ChangeEvent) -> bool:
@@ -242,12 +247,12 @@ class Watch:
         def snapshot() -> AsyncIterator[stream.SnapshotPage[FlagChanged]]:
             return stream.flag_snapshot_pages(self.db, sorted(keys) if keys else None)
 
-        async for message in self._serve(FLAGS, request.cursor, accept, snapshot, context):
-            yield message  # type: ignore[misc]
+        return self._serve(FLAGS, request.cursor, accept, snapshot, context)  # type: ignore[return-value]
 
-    async def WatchConfigs(
+    def WatchConfigs(
         self, request: config_pb2.WatchConfigsRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[config_pb2.WatchConfigsResponse]:
+    ) -> AsyncIterator[config_pb2.WatchConfigsResponse | bytes]:
+        """The stream (a change message as bytes, encoded once for every stream)."""
         keys = _checked_keys(request.keys, lambda field, key: config_keys.spec_for(field, key).key)
         who = principal_ctx.current()
         tenant_only, tenant_id = who.is_tenant_scoped, who.tenant_id
@@ -265,8 +270,7 @@ class Watch:
                 self.db, sorted(keys) if keys else None, tenant_id, tenant_only
             )
 
-        async for message in self._serve(CONFIGS, request.cursor, accept, snapshot, context):
-            yield message  # type: ignore[misc]
+        return self._serve(CONFIGS, request.cursor, accept, snapshot, context)  # type: ignore[return-value]
 
     async def _serve(
         self,
@@ -275,7 +279,7 @@ class Watch:
         accept: Callable[[ChangeEvent], bool],
         snapshot: Callable[[], AsyncIterator[stream.SnapshotPage[C]]],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[Message]:
+    ) -> AsyncIterator[Message | bytes]:
         given = cursor.decode(cursor_text) if cursor_text else None
         if self.closing:
             raise Unavailable(
@@ -446,8 +450,8 @@ class Watch:
         database_id: uuid.UUID,
         event: ChangeEvent,
         delivered: dict[Hashable, int],
-    ) -> Message | None:
-        """The message for ``event`` on one stream, or None when the stream skips it."""
+    ) -> bytes | None:
+        """The encoded message for ``event`` on one stream, or None when it skips it."""
         change = event.change
         if not isinstance(change, kind.change):
             return None
@@ -455,14 +459,14 @@ class Watch:
         if change.version <= delivered.get(identity, 0):
             return None  # not newer than what this stream already has
         delivered[identity] = change.version
-        # One message per event, shared by every stream that sends it.
+        # One message per event, encoded once and shared by every stream that sends it.
         key = (database_id, kind.name, event.seq)
         message = self._messages.get(key)
         if message is None:
             message = kind.response(
                 cursor=cursor.encode(database_id, event.seq),
                 **{kind.changed_field: kind.to_proto(change)},
-            )
+            ).SerializeToString()
             self._messages[key] = message
             if len(self._messages) > _MESSAGE_CACHE:
                 self._messages.popitem(last=False)
