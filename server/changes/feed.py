@@ -41,7 +41,6 @@ synchronously from the tail, so nobody waits for a slow consumer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection
@@ -242,6 +241,10 @@ class Subscription:
         self._closed = False
         self._wake = asyncio.Event()
         self._items: AsyncGenerator[Item] | None = None
+        # While following: when the last item was yielded, and the timer that wakes the
+        # subscription to say Idle (armed lazily: not once per delivery).
+        self._last = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
 
     def close(self) -> None:
         """Ends the iteration at its next step (and stops live delivery now)."""
@@ -276,13 +279,14 @@ class Subscription:
 
     # -- the protocol -------------------------------------------------------------------
 
-    def __aiter__(self) -> Subscription:
-        return self
-
-    async def __anext__(self) -> Item:
+    def __aiter__(self) -> AsyncGenerator[Item]:
+        # The generator itself, not a wrapper around it: every layer costs each delivery.
         if self._items is None:
             self._items = self._run()
-        return await anext(self._items)
+        return self._items
+
+    async def __anext__(self) -> Item:
+        return await anext(aiter(self))
 
     async def _run(self) -> AsyncGenerator[Item]:
         await self.feed.ready.wait()
@@ -316,7 +320,8 @@ class Subscription:
                 self.position = max(self.position, live_from)
                 if self._expired is None and self.attached:
                     yield Live(self.position)
-                async for item in self._follow():
+                self._last = time.monotonic()
+                while (item := await self._next_live()) is not None:
                     yield item
                 if self._expired is not None:
                     yield Expired(self.position, self._expired)
@@ -325,6 +330,8 @@ class Subscription:
                     yield Lagging(self.dropped)
         finally:
             self._leave()
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
 
     async def _read(self, upto: int | None) -> AsyncIterator[ChangeEvent]:
         """Events after ``position`` (up to ``upto``) from the database, page by page."""
@@ -341,27 +348,41 @@ class Subscription:
             if len(page) < CATCH_UP_PAGE:
                 return
 
-    async def _follow(self) -> AsyncIterator[ChangeEvent | Idle]:
-        """Live events from the queue until it overflows, the stream expires or it closes."""
-        last = time.monotonic()
+    async def _next_live(self) -> ChangeEvent | Idle | None:
+        """The next live event from the queue, or Idle after ``idle_s`` without one; None
+        once following ends (the queue overflowed, the stream expired or it was closed).
+
+        A coroutine rather than a generator, and no timer armed per wait: this runs once
+        per delivery on every stream.
+        """
+        queue = self.queue
         while self.attached and not self._closed:
-            if self.queue:
-                event = self.queue.popleft()
+            if queue:
+                event = queue.popleft()
                 self.progress += 1
                 if event.seq <= self.position:
                     continue  # already read from the database
                 self.position = event.seq
-                yield event
-                last = time.monotonic()
-                continue
-            wait = None if self.idle_s is None else self.idle_s - (time.monotonic() - last)
-            if wait is not None and wait <= 0:
-                # The queue is empty: every event up to the tail's head was handled.
-                self.position = max(self.position, self.feed.head_seq)
-                yield Idle(self.position)
-                last = time.monotonic()
-                continue
+                self._last = time.monotonic()
+                return event
+            if self.idle_s is not None:
+                now = time.monotonic()
+                due = self._last + self.idle_s
+                if now >= due:
+                    # The queue is empty: every event up to the tail's head was handled.
+                    self.position = max(self.position, self.feed.head_seq)
+                    self._last = now
+                    return Idle(self.position)
+                if self._idle_timer is None:
+                    # Fires at the earliest due time; a delivery meanwhile moves it later,
+                    # and the wake-up then only re-arms it.
+                    self._idle_timer = asyncio.get_running_loop().call_later(
+                        due - now, self._idle_due
+                    )
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await self._wake.wait()
+            await self._wake.wait()
+        return None
+
+    def _idle_due(self) -> None:
+        self._idle_timer = None
+        self._wake.set()

@@ -169,7 +169,14 @@ def watch_unsubscribed(stream: str) -> None:
 
 
 def watch_sent(stream: str, n: int = 1) -> None:
-    WATCH_SENT.labels(stream).inc(n)
+    # Once per delivery on every stream: the labelled child is looked up once per stream kind.
+    child = _WATCH_SENT_BY_STREAM.get(stream)
+    if child is None:
+        child = _WATCH_SENT_BY_STREAM[stream] = WATCH_SENT.labels(stream)
+    child.inc(n)
+
+
+_WATCH_SENT_BY_STREAM: dict[str, Any] = {}
 
 
 def watch_dropped(stream: str, n: int = 1) -> None:
