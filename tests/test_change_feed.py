@@ -222,6 +222,35 @@ async def test_now_starts_at_the_head_and_idle_says_how_far_it_got(harness: Harn
     sub.close()
 
 
+async def test_idle_comes_only_after_idle_s_without_an_event(harness: Harness) -> None:
+    """Events closer together than idle_s never let an Idle through (each one moves the
+    due time later); the Idle comes idle_s after the last of them."""
+    await harness.tail.wait_for(await stream.head(harness.db), timeout=10)
+    sub = harness.feed.subscribe(NOW, idle_s=0.4)
+    (live,) = await take(sub, 1)
+    assert isinstance(live, Live)
+    items: list[Item] = []
+    loop = asyncio.get_running_loop()
+
+    async def read() -> None:
+        async for item in sub:
+            items.append(item)
+            if isinstance(item, Idle):
+                return
+
+    reader = asyncio.create_task(read())
+    for i in range(6):  # 0.15 s apart: 0.9 s in all, more than twice idle_s
+        await harness.write(flag(f"k{i}"))
+        await asyncio.sleep(0.15)
+    last_write = loop.time()
+    await asyncio.wait_for(reader, 5)
+    idle_at = loop.time()
+    assert changed(items) == [f"k{i}" for i in range(6)]
+    assert isinstance(items[-1], Idle) and sum(isinstance(i, Idle) for i in items) == 1
+    assert idle_at - last_write >= 0.4 - 0.15 - 0.05
+    sub.close()
+
+
 async def test_snapshot_comes_first_and_the_events_after_it_follow(harness: Harness) -> None:
     await harness.write(flag("in-snapshot"))
 
