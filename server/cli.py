@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from server.ops import logs, workers
+from server.ops import gc_tuning, logs, workers
 from server.rpc.pipeline import Authorizer
 from server.security.principal import ALL_ROLES
 from server.settings import Settings, SettingsError
@@ -84,6 +84,7 @@ async def _serve(
             log.error("cannot listen for metrics on %s: %s", settings.metrics_listen, exc)
             await app.stop(grace=0)
             raise SystemExit(2) from None
+    gc_tuning.tune_for_serving()
     log.info("serving on %s (port %d)", settings.listen, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
