@@ -88,7 +88,7 @@ bench: $(STAMP) ## Hot-path benchmark table (not part of make test; installs h2l
 	$(BIN)/python -m bench.hot_path
 	$(BIN)/python -m bench.openfeature
 
-bench-watch: $(STAMP) ## WatchFlags commit-to-delivery latency, 1,000 subscribers
+bench-watch: $(STAMP) ## WatchFlags fan-out: 1,000 and 10,000 subscribers against an empty fan-out
 	$(BIN)/python -m bench.watch
 
 bench-health: $(STAMP) ## 5 million check results: ListCheckResults and GetPlatformHealth latency
