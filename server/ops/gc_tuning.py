@@ -13,8 +13,9 @@ and 29.7 µs with the collector off); raising the older thresholds too changed n
 beyond noise.
 
 So a serving process, once started: freezes what start-up built (modules, the loaded read
-model: never traversed again), and collects the young generation every YOUNG_THRESHOLD allocations. Cyclic garbage lives a
-little longer; nothing else changes (reference counting frees everything else at once).
+model: never traversed again), and collects the young generation every YOUNG_THRESHOLD
+allocations. Cyclic garbage lives a little longer; nothing else changes (reference
+counting frees everything else at once).
 """
 
 from __future__ import annotations
