@@ -102,14 +102,18 @@ class Proc:
                 self.process.kill()
                 self.process.wait()
 
+    def pids(self) -> list[int]:
+        """The process's id and its children's (a ``serve`` with workers forks them)."""
+        pid = self.process.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children")
+        if not children.exists():
+            return [pid]
+        return [pid, *(int(p) for p in children.read_text().split())]
+
     def rss_mb(self) -> float:
         """Resident memory of the process and its children (workers), in MB."""
         total = 0
-        pids = [self.process.pid]
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        if children.exists():
-            pids += [int(p) for p in children.read_text().split()]
-        for pid in pids:
+        for pid in self.pids():
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])

@@ -29,7 +29,6 @@ the PostgreSQL server (a database of its own is created and dropped).
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import shutil
@@ -48,6 +47,7 @@ import psycopg
 from platform_admin.v1 import config_pb2, flag_pb2
 from psycopg.types.json import Jsonb
 
+from bench import loadgen
 from bench.harness import (
     PINNED,
     POOL_MAX,
@@ -251,16 +251,7 @@ def aio_load(
     body_file.write_bytes(request.SerializeToString())
     args = [
         *pinned_to(1),
-        sys.executable,
-        "-m",
-        "bench.loadgen",
-        str(port),
-        path,
-        str(body_file),
-        str(concurrency),
-        str(SECONDS),
-        str(WARM_UP),
-        *([token] if token else []),
+        *loadgen.command(port, path, body_file, concurrency, SECONDS, WARM_UP, token),
     ]
     cpu_before = cpu_seconds(pid)
     done = subprocess.run(
@@ -270,7 +261,7 @@ def aio_load(
     body_file.unlink(missing_ok=True)
     if done.returncode != 0:
         raise RuntimeError(f"loadgen failed: {done.stdout}\n{done.stderr}")
-    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    figures = loadgen.figures(done.stdout)
     result = Result(
         figures["rps"], figures["p50_ms"], figures["p99_ms"], figures["calls"], figures["failed"]
     )

@@ -16,6 +16,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -69,6 +70,36 @@ async def run(
         "calls": n,
         "failed": failed,
     }
+
+
+def command(
+    port: int,
+    path: str,
+    body_file: Path,
+    concurrency: int,
+    seconds: float,
+    warm_up: float,
+    token: str = "",
+) -> list[str]:
+    """The command line that runs this load generator in a process of its own."""
+    return [
+        sys.executable,
+        "-m",
+        "bench.loadgen",
+        str(port),
+        path,
+        str(body_file),
+        str(concurrency),
+        str(seconds),
+        str(warm_up),
+        *([token] if token else []),
+    ]
+
+
+def figures(stdout: str) -> dict[str, Any]:
+    """The figures a run printed (its last line): rps, p50_ms, p99_ms, calls, failed."""
+    result: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
+    return result
 
 
 def main(argv: list[str]) -> None:

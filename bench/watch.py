@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import statistics
 import sys
@@ -51,6 +50,7 @@ import psycopg
 from google.protobuf import field_mask_pb2
 from platform_admin.v1 import flag_pb2, flag_pb2_grpc
 
+from bench import harness, loadgen
 from bench.harness import (
     ROOT,
     Proc,
@@ -157,26 +157,9 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def process_ids(procs: list[Proc]) -> list[int]:
-    """The processes' ids and their children's (a ``serve`` with workers forks them)."""
-    pids: list[int] = []
-    for proc in procs:
-        pid = proc.process.pid
-        pids.append(pid)
-        children = Path(f"/proc/{pid}/task/{pid}/children")
-        if children.exists():
-            pids += [int(p) for p in children.read_text().split()]
-    return pids
-
-
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU time of these processes so far."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / tick
+    return sum(harness.cpu_seconds(pid) for pid in pids)
 
 
 @contextlib.asynccontextmanager
@@ -293,23 +276,19 @@ def evaluate_body(workdir: Path) -> Path:
 
 async def evaluate_rps(port: int, body: Path) -> float:
     """EvaluateFlag RPC/s from bench/loadgen.py (its own process), c=LOAD_CONCURRENCY."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bench.loadgen",
-        str(port),
+    args = loadgen.command(
+        port,
         "/platform_admin.v1.FlagService/EvaluateFlag",
-        str(body),
-        str(LOAD_CONCURRENCY),
-        str(LOAD_SECONDS),
-        str(LOAD_WARM_UP),
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
+        body,
+        LOAD_CONCURRENCY,
+        LOAD_SECONDS,
+        LOAD_WARM_UP,
     )
+    process = await asyncio.create_subprocess_exec(*args, cwd=ROOT, stdout=asyncio.subprocess.PIPE)
     out, _ = await asyncio.wait_for(process.communicate(), LOAD_SECONDS + 60)
     if process.returncode != 0:
         raise RuntimeError(f"loadgen failed: {out.decode(errors='replace')}")
-    figures = json.loads(out.decode().strip().splitlines()[-1])
+    figures = loadgen.figures(out.decode())
     if figures["failed"]:
         raise RuntimeError(f"loadgen: {figures['failed']} EvaluateFlag calls failed")
     return float(figures["rps"])
@@ -337,7 +316,7 @@ async def scale_run(name: str, proc: Proc, body: Path) -> tuple[Run, Scale]:
     async with open_streams({"A": proc.port}, SCALE_SUBSCRIBERS) as subscribers:
         await asyncio.sleep(1.0)
         rss_after = proc.rss_mb()
-        pids = {"A": process_ids([proc])}
+        pids = {"A": proc.pids()}
         run = await measure(subscribers, proc.port, pids, SCALE_INTERVAL_S, SCALE_CHANGES)
         rps, drained_s, missing = await streaming_rps(subscribers, proc.port, body)
     say(
@@ -413,7 +392,7 @@ def services(url: str, workdir: Path, count: int, **options: object) -> Iterator
 
 async def one_scenario(procs: dict[str, Proc], writer: str, count: int) -> Run:
     ports = {name: proc.port for name, proc in procs.items()}
-    pids = {name: process_ids([proc]) for name, proc in procs.items()}
+    pids = {name: proc.pids() for name, proc in procs.items()}
     async with open_streams(ports, count) as subscribers:
         return await measure(subscribers, ports[writer], pids, INTERVAL_S)
 
