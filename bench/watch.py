@@ -41,7 +41,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -379,15 +379,38 @@ def fmt_scale(scales: list[Scale]) -> str:
 
 
 @contextlib.contextmanager
-def services(url: str, workdir: Path, count: int, **options: object) -> Iterator[list[Proc]]:
+def services(
+    url: str,
+    workdir: Path,
+    count: int,
+    *,
+    workers: int = 1,
+    settings: dict[str, str] | None = None,
+) -> Iterator[list[Proc]]:
     procs: list[Proc] = []
     try:
         for _ in range(count):
-            procs.append(start_service(url, workdir, **options))  # type: ignore[arg-type]
+            procs.append(start_service(url, workdir, workers=workers, settings=settings))
         yield procs
     finally:
         for proc in procs:
             proc.stop()
+
+
+@contextlib.contextmanager
+def empty_fan_out(workdir: Path) -> Iterator[Proc]:
+    """bench/empty_server.py: the baseline every scenario is compared with."""
+    proc = start_empty(workdir)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@contextlib.contextmanager
+def one_service(url: str, workdir: Path, workers: int, settings: dict[str, str]) -> Iterator[Proc]:
+    with services(url, workdir, 1, workers=workers, settings=settings) as (proc,):
+        yield proc
 
 
 async def one_scenario(procs: dict[str, Proc], writer: str, count: int) -> Run:
@@ -414,11 +437,8 @@ def main() -> int:
         seed(url)
         workdir = Path(tmp)
         say("empty fan-out (baseline)")
-        empty = start_empty(workdir)
-        try:
+        with empty_fan_out(workdir) as empty:
             base = asyncio.run(one_scenario({"E": empty}, "E", SUBSCRIBERS))
-        finally:
-            empty.stop()
         rows.append(_row("empty fan-out (baseline)", base, "E", SUBSCRIBERS))
         baseline_us = rows[0].cpu_us
         say("one replica")
@@ -439,24 +459,15 @@ def main() -> int:
                 "PLATFORM_ADMIN_WATCH_MAX_STREAMS_PER_PRINCIPAL": str(SCALE_SUBSCRIBERS * 2),
             }
             body = evaluate_body(workdir)
-            for workers in (0, 1, 2):
-                name = (
-                    f"{SCALE_SUBSCRIBERS:,} on "
-                    + (
-                        "the empty fan-out (baseline)",
-                        "one process",
-                        f"one process, {workers} workers",
-                    )[workers]
-                )
+            servers: list[tuple[str, Callable[[], contextlib.AbstractContextManager[Proc]]]] = [
+                ("the empty fan-out (baseline)", lambda: empty_fan_out(workdir)),
+                ("one process", lambda: one_service(url, workdir, 1, limits)),
+                ("one process, 2 workers", lambda: one_service(url, workdir, 2, limits)),
+            ]
+            for where, server in servers:
+                name = f"{SCALE_SUBSCRIBERS:,} on {where}"
                 say(name)
-                with contextlib.ExitStack() as stack:
-                    if workers:
-                        (proc,) = stack.enter_context(
-                            services(url, workdir, 1, workers=workers, settings=limits)
-                        )
-                    else:
-                        proc = start_empty(workdir)
-                        stack.callback(proc.stop)
+                with server() as proc:
                     run, scale = asyncio.run(scale_run(name, proc, body))
                 rows.append(_row(name, run, "A", SCALE_SUBSCRIBERS))
                 scales.append(scale)
